@@ -1,0 +1,146 @@
+//! The [`SessionStore`] trait every backend implements.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::id::{SessionId, StorageKey};
+use crate::record::{Record, SessionInfo};
+
+/// The outcome of a conditional write: [`SessionStore::create`] or
+/// [`SessionStore::save`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Cas {
+    /// The write was applied.
+    Applied,
+    /// The write was not applied: for `create`, a record with that key
+    /// already exists; for `save`, the stored version is not the expected one,
+    /// or the record is gone (destroyed or expired).
+    Conflict,
+}
+
+impl Cas {
+    /// True when the write was applied.
+    #[must_use]
+    pub fn is_applied(self) -> bool {
+        self == Self::Applied
+    }
+}
+
+/// A session backend.
+///
+/// Every operation is one round trip where the backend allows it. Stores
+/// receive [`StorageKey`]s (hashed ids), never session ids, and an opaque
+/// [`Record::payload`] that they persist as it is.
+///
+/// The guarantees, checked for every store by the conformance kit
+/// (`keepsake_core::test_kit`, feature `test-kit`):
+///
+/// - `load` never returns an expired record.
+/// - `create` inserts only if no record has that key (even an expired one that
+///   has not been collected yet is replaced only if the backend can do so
+///   atomically); it never overwrites a live record.
+/// - `save` is compare-and-swap on [`Record::version`]: it writes only if the
+///   stored version equals `expected_version`, and never re-creates a record
+///   that was destroyed or has expired.
+/// - `touch` moves `last_activity` and `expires_at` and leaves the payload and
+///   version alone.
+/// - `gc` deletes expired records and returns how many.
+/// - `list_for_user` / `destroy_for_user` use the per-user index; stores that
+///   cannot have one return [`Error::Unsupported`](crate::Error::Unsupported).
+///
+/// The trait is object safe: the layer holds an `Arc<dyn SessionStore>`.
+#[async_trait]
+pub trait SessionStore: Debug + Send + Sync + 'static {
+    /// Loads the live record stored under `key`; `None` when absent or expired.
+    async fn load(&self, key: &StorageKey) -> Result<Option<Record>>;
+
+    /// Inserts `record` unless a live record with its key exists.
+    async fn create(&self, record: &Record) -> Result<Cas>;
+
+    /// Replaces the stored record with `record` (whose `version` is the new
+    /// version) if the stored version is `expected_version`.
+    async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas>;
+
+    /// Moves the expiry of a live record without rewriting its payload. A
+    /// missing record is left missing.
+    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()>;
+
+    /// Deletes the record stored under `key`, if any.
+    async fn destroy(&self, key: &StorageKey) -> Result<()>;
+
+    /// Deletes the records that expired at or before `now` (unix seconds) and
+    /// returns how many. Stores whose backend expires entries itself return 0.
+    async fn gc(&self, now: i64) -> Result<u64>;
+
+    /// The live sessions of `user_id`, most recently active first.
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>>;
+
+    /// Deletes every session of `user_id` except `except` ("log out other
+    /// devices") and returns how many were deleted.
+    async fn destroy_for_user(&self, user_id: &str, except: Option<&StorageKey>) -> Result<u64>;
+
+    /// A short name for logs and metrics: `"memory"`, `"postgres"`, `"redis"` …
+    fn kind(&self) -> &'static str;
+
+    /// Stores that keep the whole record in the client (the cookie driver)
+    /// return themselves here; the layer then reads and writes the record
+    /// through the cookie instead of calling the other methods.
+    fn client_side(&self) -> Option<&dyn ClientSideStore> {
+        None
+    }
+}
+
+/// A store whose records live in the client: the layer hands it the cookie
+/// value it received and asks it for the value to send back.
+pub trait ClientSideStore: Send + Sync {
+    /// Opens a cookie value: the session id and record it carries, or `None`
+    /// when it is not one this store sealed (tampered, truncated, another
+    /// key, garbage). Implementations log a `warn` for the latter.
+    fn open(&self, value: &str) -> Option<(SessionId, Record)>;
+
+    /// Seals `record` of session `id` into a cookie value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`](crate::Error::TooLarge) when the value would not fit
+    /// in a browser cookie.
+    fn seal(&self, id: &SessionId, record: &Record) -> Result<String>;
+}
+
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
+    async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
+        (**self).load(key).await
+    }
+    async fn create(&self, record: &Record) -> Result<Cas> {
+        (**self).create(record).await
+    }
+    async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+        (**self).save(record, expected_version).await
+    }
+    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+        (**self).touch(key, last_activity, expires_at).await
+    }
+    async fn destroy(&self, key: &StorageKey) -> Result<()> {
+        (**self).destroy(key).await
+    }
+    async fn gc(&self, now: i64) -> Result<u64> {
+        (**self).gc(now).await
+    }
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
+        (**self).list_for_user(user_id).await
+    }
+    async fn destroy_for_user(&self, user_id: &str, except: Option<&StorageKey>) -> Result<u64> {
+        (**self).destroy_for_user(user_id, except).await
+    }
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn client_side(&self) -> Option<&dyn ClientSideStore> {
+        (**self).client_side()
+    }
+}
