@@ -1,0 +1,718 @@
+//! What the three stores share: name checks, the SQL of every operation, the
+//! migration renderer, row decoding and the `SessionStore` implementation.
+
+// Each backend uses a different subset of these helpers.
+#![cfg_attr(
+    not(all(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(dead_code, unused_imports, unused_macros)
+)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use keepsake_core::{Error, Record, Result, SessionInfo, StorageKey};
+use sqlx::pool::PoolOptions;
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+/// The table name used unless `with_table_name` says otherwise.
+pub(crate) const DEFAULT_TABLE: &str = "sessions";
+
+/// Rows deleted per `gc` statement unless `with_gc_batch_size` says otherwise.
+pub(crate) const DEFAULT_GC_BATCH_SIZE: u64 = 1_000;
+
+/// The longest table or schema name accepted: PostgreSQL's identifier limit.
+pub(crate) const MAX_NAME_LEN: usize = 63;
+
+/// How long a pooled connection may sit idle and still be used without a
+/// ping first.
+pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// When the store last saw an operation fail, shared with the pool's
+/// `before_acquire` hook (see [`pool_options`]).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Nanoseconds after [`epoch`] of the last failure, plus one; 0 = never.
+    last_failure: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Health {
+    /// Notes that an operation failed just now.
+    pub(crate) fn record_failure(&self) {
+        let now = nanos(epoch().elapsed()).saturating_add(1);
+        self.last_failure.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// True when a connection idle for `idle_for` was put back before the
+    /// last failure, so it may have died along with the failed one.
+    fn idle_since_before_failure(&self, idle_for: Duration) -> bool {
+        let failure = self.last_failure.load(Ordering::Relaxed);
+        failure != 0 && nanos(epoch().elapsed().saturating_sub(idle_for)) < failure
+    }
+}
+
+/// Pool options for the stores' `connect`: sqlx's defaults, except for when
+/// an idle connection is pinged before use. sqlx pings before every use,
+/// which doubles the round trips of every session operation. Here a
+/// connection is pinged only when it has been idle for more than
+/// [`PING_AFTER_IDLE`] (an idle-connection killer or a server restart may
+/// have closed it), or when it went idle before the store's last failed
+/// operation (whatever killed that connection may have killed it too). A
+/// busy pool thus costs one round trip per operation, and after a
+/// connection is lost, one operation fails and the next ones get live
+/// connections.
+pub(crate) fn pool_options<DB: sqlx::Database>(health: Arc<Health>) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            let stale =
+                meta.idle_for > PING_AFTER_IDLE || health.idle_since_before_failure(meta.idle_for);
+            Box::pin(async move {
+                if !stale {
+                    return Ok(true);
+                }
+                // A failed ping discards the connection and takes another.
+                Ok(sqlx::Connection::ping(conn).await.is_ok())
+            })
+        })
+}
+
+/// Checks a table or schema name before it is put into SQL text: 1 to 63 of
+/// `[A-Za-z0-9_]`. Such a name needs no escaping inside quotes.
+pub(crate) fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(Error::Config {
+            message: format!(
+                "{what} name must be 1 to {MAX_NAME_LEN} characters long, got {} characters",
+                name.len()
+            ),
+        });
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+    {
+        return Err(Error::Config {
+            message: format!(
+                "{what} name {name:?} may only contain ASCII letters, digits and `_`, found {bad:?}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The SQL dialect a store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Dialect {
+    /// Quotes a name checked by [`validate_name`].
+    pub(crate) fn quote(self, name: &str) -> String {
+        match self {
+            Self::MySql => format!("`{name}`"),
+            Self::Sqlite | Self::Postgres => format!("\"{name}\""),
+        }
+    }
+
+    /// The `n`th bind parameter (1-based). Every statement below uses its
+    /// parameters once each and in order, so MySQL's positional `?` binds
+    /// the same values as the numbered forms.
+    fn param(self, n: usize) -> String {
+        match self {
+            Self::Postgres => format!("${n}"),
+            Self::Sqlite => format!("?{n}"),
+            Self::MySql => "?".to_owned(),
+        }
+    }
+}
+
+/// The name of the index on `table` whose default name is `sessions_{suffix}`.
+///
+/// PostgreSQL cuts identifiers at 63 bytes and MySQL refuses longer ones, so
+/// a long table name is shortened and made unique again with a hash of the
+/// whole name.
+pub(crate) fn index_name(table: &str, suffix: &str) -> String {
+    let full = format!("{table}_{suffix}");
+    if full.len() <= MAX_NAME_LEN {
+        return full;
+    }
+    // 8 hex digits and two underscores around them.
+    let keep = MAX_NAME_LEN.saturating_sub(suffix.len() + 10);
+    let prefix = table.get(..keep).unwrap_or(table);
+    format!("{prefix}_{:08x}_{suffix}", fnv1a(table))
+}
+
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Renders a migration file, written for the default table `sessions`, for
+/// another table: the identifier `sessions` becomes `table_ref` (quoted and,
+/// on PostgreSQL, schema-qualified), every identifier `sessions_*` (an index)
+/// becomes the quoted [`index_name`], and `--` comments are dropped.
+///
+/// The migration files contain no string literals, so this token-level
+/// rewrite cannot touch anything but identifiers.
+pub(crate) fn render_migration(
+    sql: &str,
+    dialect: Dialect,
+    table: &str,
+    table_ref: &str,
+) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    for line in sql.lines() {
+        let code = line.split_once("--").map_or(line, |(code, _)| code);
+        if code.trim().is_empty() {
+            continue;
+        }
+        let mut rest = code;
+        while !rest.is_empty() {
+            let word_len = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            if word_len == 0 {
+                let mut chars = rest.chars();
+                if let Some(c) = chars.next() {
+                    out.push(c);
+                }
+                rest = chars.as_str();
+                continue;
+            }
+            let (word, tail) = rest.split_at(word_len);
+            if word == DEFAULT_TABLE {
+                out.push_str(table_ref);
+            } else if let Some(suffix) = word.strip_prefix("sessions_") {
+                out.push_str(&dialect.quote(&index_name(table, suffix)));
+            } else {
+                out.push_str(word);
+            }
+            rest = tail;
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The SQL of every operation, with the table name in place: built once
+/// when the store is configured, so every call reuses the same text and
+/// sqlx's per-connection prepared-statement cache.
+#[derive(Debug)]
+pub(crate) struct Queries {
+    /// `$1` key, `$2` now.
+    pub(crate) load: String,
+    /// `$1`…`$8` the columns; on PostgreSQL and SQLite `$9` now (an expired
+    /// row with the same key is replaced in the same statement).
+    pub(crate) create: String,
+    /// `$1`…`$7` the new values, `$8` key, `$9` expected version, `$10` now.
+    pub(crate) save: String,
+    /// `$1` last_activity, `$2` expires_at, `$3` key, `$4` now.
+    pub(crate) touch: String,
+    /// `$1` key.
+    pub(crate) destroy: String,
+    /// `$1` now, `$2` batch size.
+    pub(crate) gc: String,
+    /// `$1` user, `$2` now.
+    pub(crate) list_for_user: String,
+    /// `$1` user.
+    pub(crate) destroy_for_user: String,
+    /// `$1` user, `$2` the key to keep.
+    pub(crate) destroy_for_user_except: String,
+}
+
+const COLUMNS: &str =
+    "id, user_id, ip_address, user_agent, payload, last_activity, expires_at, version";
+
+impl Queries {
+    /// The statements for `table_ref`, a quoted (and possibly qualified) name.
+    pub(crate) fn new(dialect: Dialect, table_ref: &str) -> Self {
+        let p = |n| dialect.param(n);
+        let t = table_ref;
+        let values = (1..=8).map(p).collect::<Vec<_>>().join(", ");
+        let create = match dialect {
+            // An expired row that gc has not collected yet is replaced in
+            // the same statement; a live one is left alone (0 rows).
+            Dialect::Postgres | Dialect::Sqlite => format!(
+                "INSERT INTO {t} AS cur ({COLUMNS}) VALUES ({values}) \
+                 ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, \
+                 ip_address = excluded.ip_address, user_agent = excluded.user_agent, \
+                 payload = excluded.payload, last_activity = excluded.last_activity, \
+                 expires_at = excluded.expires_at, version = excluded.version \
+                 WHERE cur.expires_at <= {}",
+                p(9)
+            ),
+            // MySQL's affected-rows count cannot tell an insert from a
+            // no-op `ON DUPLICATE KEY UPDATE` (sqlx sets CLIENT_FOUND_ROWS),
+            // so a plain INSERT is used and a duplicate key means Conflict.
+            Dialect::MySql => format!("INSERT INTO {t} ({COLUMNS}) VALUES ({values})"),
+        };
+        let gc = match dialect {
+            Dialect::MySql => format!(
+                "DELETE FROM {t} WHERE expires_at <= {} LIMIT {}",
+                p(1),
+                p(2)
+            ),
+            // SKIP LOCKED: a batch never waits for rows that a concurrent
+            // gc (another app server) is already deleting.
+            Dialect::Postgres => format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= {} \
+                 LIMIT {} FOR UPDATE SKIP LOCKED)",
+                p(1),
+                p(2)
+            ),
+            Dialect::Sqlite => format!(
+                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} WHERE expires_at <= {} LIMIT {})",
+                p(1),
+                p(2)
+            ),
+        };
+        Self {
+            load: format!(
+                "SELECT payload, last_activity, expires_at, version, user_id, ip_address, \
+                 user_agent FROM {t} WHERE id = {} AND expires_at > {}",
+                p(1),
+                p(2)
+            ),
+            create,
+            save: format!(
+                "UPDATE {t} SET user_id = {}, ip_address = {}, user_agent = {}, payload = {}, \
+                 last_activity = {}, expires_at = {}, version = {} \
+                 WHERE id = {} AND version = {} AND expires_at > {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8),
+                p(9),
+                p(10)
+            ),
+            touch: format!(
+                "UPDATE {t} SET last_activity = {}, expires_at = {} WHERE id = {} AND expires_at > {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4)
+            ),
+            destroy: format!("DELETE FROM {t} WHERE id = {}", p(1)),
+            gc,
+            list_for_user: format!(
+                "SELECT id, user_id, last_activity, expires_at, ip_address, user_agent FROM {t} \
+                 WHERE user_id = {} AND expires_at > {} ORDER BY last_activity DESC, id",
+                p(1),
+                p(2)
+            ),
+            destroy_for_user: format!("DELETE FROM {t} WHERE user_id = {}", p(1)),
+            destroy_for_user_except: format!(
+                "DELETE FROM {t} WHERE user_id = {} AND id <> {}",
+                p(1),
+                p(2)
+            ),
+        }
+    }
+}
+
+/// How a backend hands back text columns: PostgreSQL and SQLite as
+/// `String`; MySQL as bytes, because sqlx refuses to decode a column with a
+/// binary collation (the table's `utf8mb4_bin`) as a `String`.
+pub(crate) trait Text: Sized {
+    fn into_string(self) -> Result<String, sqlx::error::BoxDynError>;
+}
+
+impl Text for String {
+    fn into_string(self) -> Result<String, sqlx::error::BoxDynError> {
+        Ok(self)
+    }
+}
+
+impl Text for Vec<u8> {
+    fn into_string(self) -> Result<String, sqlx::error::BoxDynError> {
+        Ok(String::from_utf8(self)?)
+    }
+}
+
+fn text<'r, R, T>(row: &'r R, index: usize) -> sqlx::Result<Option<String>>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Text + Decode<'r, R::Database> + Type<R::Database>,
+{
+    row.try_get::<Option<T>, _>(index)?
+        .map(Text::into_string)
+        .transpose()
+        .map_err(|source| sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source,
+        })
+}
+
+/// Decodes a row of [`Queries::load`]. The payload is returned as stored:
+/// the store never interprets it (a NULL one, possible only in a table made
+/// by hand, comes back empty, which the layer treats as corrupt).
+pub(crate) fn record_from_row<'r, R, T>(key: &StorageKey, row: &'r R) -> sqlx::Result<Record>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Text + Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(Record {
+        key: key.clone(),
+        payload: text::<R, T>(row, 0)?.unwrap_or_default(),
+        last_activity: row.try_get(1)?,
+        expires_at: row.try_get(2)?,
+        version: row.try_get(3)?,
+        user_id: text::<R, T>(row, 4)?,
+        ip_address: text::<R, T>(row, 5)?,
+        user_agent: text::<R, T>(row, 6)?,
+    })
+}
+
+/// Decodes a row of [`Queries::list_for_user`]; `Ok(None)` for a row whose id
+/// is not a storage key (written by something other than keepsake), which is
+/// logged and skipped.
+pub(crate) fn info_from_row<'r, R, T>(store: &str, row: &'r R) -> sqlx::Result<Option<SessionInfo>>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Text + Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id = text::<R, T>(row, 0)?.unwrap_or_default();
+    let Some(key) = StorageKey::parse(&id) else {
+        tracing::warn!(
+            store,
+            id_len = id.len(),
+            "skipping a session row whose id is not a storage key"
+        );
+        return Ok(None);
+    };
+    Ok(Some(SessionInfo {
+        key,
+        user_id: text::<R, T>(row, 1)?,
+        last_activity: row.try_get(2)?,
+        expires_at: row.try_get(3)?,
+        ip_address: text::<R, T>(row, 4)?,
+        user_agent: text::<R, T>(row, 5)?,
+    }))
+}
+
+/// `u64` for a batch size bound as SQL `LIMIT` (every backend takes a signed
+/// 64-bit integer there).
+pub(crate) fn limit(batch: u64) -> i64 {
+    i64::try_from(batch).unwrap_or(i64::MAX)
+}
+
+/// The builder methods and helpers every store has, and its `SessionStore`
+/// implementation. The store type must have the fields `pool`, `queries`
+/// (`Arc<Queries>`), `table`, `gc_batch_size` and `health`
+/// (`Option<Arc<Health>>`), and an inherent
+/// `async fn insert(&self, record: &Record) -> Result<Cas>`. `$text` is the
+/// backend's [`Text`] type.
+macro_rules! impl_store {
+    ($store:ident, $pool:ty, $kind:expr, $text:ty) => {
+        impl $store {
+            /// Wraps a failure of `operation`, and tells the pool's
+            /// health check about it.
+            fn fail(&self, operation: &'static str, error: sqlx::Error) -> Error {
+                if let Some(health) = &self.health {
+                    health.record_failure();
+                }
+                Error::backend($kind, operation, error)
+            }
+
+            /// Sets how many expired rows one `gc` statement deletes.
+            /// Smaller batches hold locks for less time; larger ones finish
+            /// a big backlog with fewer round trips. Defaults to 1,000; 0 is
+            /// taken as 1.
+            #[must_use]
+            pub fn with_gc_batch_size(mut self, rows: u64) -> Self {
+                self.gc_batch_size = rows.max(1);
+                self
+            }
+
+            /// The connection pool, for queries of the application's own.
+            #[must_use]
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+
+            /// The table the sessions live in (without schema).
+            #[must_use]
+            pub fn table_name(&self) -> &str {
+                &self.table
+            }
+
+            /// Like [`SessionStore::gc`], calling `progress` after each batch
+            /// with the number of rows deleted so far (for a progress bar).
+            ///
+            /// # Errors
+            ///
+            /// [`Error::Backend`] when a statement fails; the rows deleted by
+            /// the batches before it stay deleted.
+            pub async fn gc_with_progress(
+                &self,
+                now: i64,
+                mut progress: impl FnMut(u64) + Send,
+            ) -> Result<u64> {
+                let batch = self.gc_batch_size;
+                let mut total = 0u64;
+                loop {
+                    let deleted = sqlx::query(&self.queries.gc)
+                        .bind(now)
+                        .bind($crate::common::limit(batch))
+                        .execute(&self.pool)
+                        .await
+                        .map_err(|e| self.fail("gc", e))?
+                        .rows_affected();
+                    total += deleted;
+                    progress(total);
+                    if deleted < batch {
+                        return Ok(total);
+                    }
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl SessionStore for $store {
+            async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
+                let row = sqlx::query(&self.queries.load)
+                    .bind(key.as_str())
+                    .bind(keepsake_core::now())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("load", e))?;
+                row.map(|row| $crate::common::record_from_row::<_, $text>(key, &row))
+                    .transpose()
+                    .map_err(|e| self.fail("load", e))
+            }
+
+            async fn create(&self, record: &Record) -> Result<Cas> {
+                self.insert(record).await
+            }
+
+            async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+                let rows = sqlx::query(&self.queries.save)
+                    .bind(record.user_id.as_deref())
+                    .bind(record.ip_address.as_deref())
+                    .bind(record.user_agent.as_deref())
+                    .bind(record.payload.as_str())
+                    .bind(record.last_activity)
+                    .bind(record.expires_at)
+                    .bind(record.version)
+                    .bind(record.key.as_str())
+                    .bind(expected_version)
+                    .bind(keepsake_core::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("save", e))?
+                    .rows_affected();
+                Ok(if rows == 0 {
+                    Cas::Conflict
+                } else {
+                    Cas::Applied
+                })
+            }
+
+            async fn touch(
+                &self,
+                key: &StorageKey,
+                last_activity: i64,
+                expires_at: i64,
+            ) -> Result<()> {
+                sqlx::query(&self.queries.touch)
+                    .bind(last_activity)
+                    .bind(expires_at)
+                    .bind(key.as_str())
+                    .bind(keepsake_core::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("touch", e))?;
+                Ok(())
+            }
+
+            async fn destroy(&self, key: &StorageKey) -> Result<()> {
+                sqlx::query(&self.queries.destroy)
+                    .bind(key.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("destroy", e))?;
+                Ok(())
+            }
+
+            async fn gc(&self, now: i64) -> Result<u64> {
+                self.gc_with_progress(now, |_| {}).await
+            }
+
+            async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
+                let rows = sqlx::query(&self.queries.list_for_user)
+                    .bind(user_id)
+                    .bind(keepsake_core::now())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("list_for_user", e))?;
+                let mut sessions = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let info = $crate::common::info_from_row::<_, $text>($kind, row)
+                        .map_err(|e| self.fail("list_for_user", e))?;
+                    sessions.extend(info);
+                }
+                Ok(sessions)
+            }
+
+            async fn destroy_for_user(
+                &self,
+                user_id: &str,
+                except: Option<&StorageKey>,
+            ) -> Result<u64> {
+                let query = match except {
+                    Some(keep) => sqlx::query(&self.queries.destroy_for_user_except)
+                        .bind(user_id)
+                        .bind(keep.as_str()),
+                    None => sqlx::query(&self.queries.destroy_for_user).bind(user_id),
+                };
+                Ok(query
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("destroy_for_user", e))?
+                    .rows_affected())
+            }
+
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_idle_since_before_a_failure_are_suspect() {
+        let health = Health::default();
+        let before = Instant::now();
+        assert!(!health.idle_since_before_failure(Duration::from_secs(3600)));
+        std::thread::sleep(Duration::from_millis(2));
+        health.record_failure();
+        std::thread::sleep(Duration::from_millis(2));
+        let after = Instant::now();
+        // Put back before the failure: suspect.
+        assert!(health.idle_since_before_failure(before.elapsed()));
+        // Put back after the failure: fine.
+        assert!(!health.idle_since_before_failure(after.elapsed()));
+        assert!(!health.idle_since_before_failure(Duration::ZERO));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["sessions", "a", "A_b_9", "_x", &"n".repeat(63)] {
+            assert!(validate_name("table", good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "a-b",
+            "a b",
+            "a;drop table x",
+            "\"x\"",
+            "`x`",
+            "x.y",
+            "é",
+            &"n".repeat(64),
+        ] {
+            assert!(
+                matches!(validate_name("table", bad), Err(Error::Config { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn index_names_fit_and_stay_distinct() {
+        assert_eq!(
+            index_name("sessions", "user_id_idx"),
+            "sessions_user_id_idx"
+        );
+        let long = "t".repeat(63);
+        let other = format!("{}u", "t".repeat(62));
+        let suffixes = ["expires_at_idx", "last_activity_idx", "user_id_idx"];
+        let mut seen = std::collections::HashSet::new();
+        for table in [&long, &other] {
+            for suffix in suffixes {
+                let name = index_name(table, suffix);
+                assert!(name.len() <= MAX_NAME_LEN, "{name}");
+                assert!(name.ends_with(suffix));
+                assert!(validate_name("index", &name).is_ok());
+                assert!(seen.insert(name));
+            }
+        }
+    }
+
+    #[test]
+    fn rendering_replaces_identifiers_only() {
+        let sql = "-- sessions comment\nCREATE TABLE IF NOT EXISTS sessions (id text);\n\
+                   CREATE INDEX IF NOT EXISTS sessions_user_id_idx ON sessions (user_id); -- x\n";
+        let out = render_migration(sql, Dialect::Postgres, "t1", "\"s\".\"t1\"");
+        assert_eq!(
+            out,
+            "CREATE TABLE IF NOT EXISTS \"s\".\"t1\" (id text);\n\
+             CREATE INDEX IF NOT EXISTS \"t1_user_id_idx\" ON \"s\".\"t1\" (user_id); \n"
+        );
+        let out = render_migration(sql, Dialect::MySql, "t1", "`t1`");
+        assert!(out.contains("`t1_user_id_idx` ON `t1` (user_id)"));
+    }
+
+    #[test]
+    fn mysql_statements_bind_in_order() {
+        // MySQL's `?` is positional, so each statement must use its
+        // parameters once, in order: the numbered dialects show it.
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            let q = Queries::new(dialect, "t");
+            for sql in [
+                &q.load,
+                &q.create,
+                &q.save,
+                &q.touch,
+                &q.destroy,
+                &q.gc,
+                &q.list_for_user,
+                &q.destroy_for_user,
+                &q.destroy_for_user_except,
+            ] {
+                let mut expected = 1;
+                let marker = if dialect == Dialect::Postgres {
+                    '$'
+                } else {
+                    '?'
+                };
+                let mut rest = sql.as_str();
+                while let Some(at) = rest.find(marker) {
+                    rest = &rest[at + 1..];
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    assert_eq!(digits, expected.to_string(), "{sql}");
+                    expected += 1;
+                }
+            }
+        }
+    }
+}
