@@ -1,0 +1,745 @@
+//! [`RedisStore`]: the [`SessionStore`] on Redis and Redis Cluster.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use keepsake_core::{
+    Cas, Error, Record, Report, Result, SessionInfo, SessionStore, StorageKey, now, now_millis,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, RedisResult, ScriptInvocation, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::conn::Conn;
+use crate::scripts;
+
+const KIND: &str = "redis";
+
+/// The key prefix a store uses unless [`RedisStore::with_prefix`] sets another.
+pub const DEFAULT_PREFIX: &str = "keepsake:";
+
+/// The hash fields of a session, in the order `load` reads them.
+const FIELDS: [&str; 7] = [
+    "payload",
+    "version",
+    "expires_at",
+    "last_activity",
+    "user_id",
+    "ip_address",
+    "user_agent",
+];
+
+/// How long [`RedisStore::connect`] and [`RedisStore::connect_cluster`] wait
+/// for a TCP connection to a node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long they wait for the answer to one command.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a cluster request may take in all, redirections and retries included.
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnection attempts after a failed one (single node), with a short
+/// backoff, before the requests waiting for the connection fail. With the
+/// connect timeout this bounds a request during an outage to about 2 s, even
+/// when the server's address swallows packets.
+const RECONNECT_RETRIES: usize = 1;
+
+/// Sessions in Redis or Redis Cluster: one hash per session, expiry by Redis
+/// itself, compare-and-swap by Lua script, and a per-user index set.
+///
+/// See the [crate documentation](crate) for the data layout, the consistency
+/// of the per-user index on a cluster, and how outages behave.
+///
+/// ```no_run
+/// # async fn example() -> keepsake_core::Result<()> {
+/// use keepsake_redis::RedisStore;
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?.with_prefix("myapp:");
+/// assert_eq!(store.prefix(), "myapp:");
+/// assert!(!store.is_cluster());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    prefix: Arc<str>,
+}
+
+impl RedisStore {
+    /// Connects to one Redis server, for example `redis://127.0.0.1:6379` or
+    /// `redis://:password@redis.internal:6379/2`.
+    ///
+    /// The connection is a [`ConnectionManager`]: one multiplexed connection
+    /// shared by every request, re-established in the background when it
+    /// breaks. Each connection attempt gives up after 1 s, each command after
+    /// 1 s, and a failed reconnection is retried once after a short pause, so
+    /// a request during an outage fails within about two seconds (at once
+    /// when the connection is refused) instead of hanging, and the store
+    /// recovers by itself once Redis is back. For other timeouts build the manager yourself and use
+    /// [`RedisStore::new`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the URL is invalid or the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let fail = |e: RedisError| Error::backend(KIND, "connect", e);
+        let client = redis::Client::open(url).map_err(fail)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(fail)?;
+        Ok(Self::new(manager))
+    }
+
+    /// Connects to a Redis Cluster through some of its nodes (one reachable
+    /// node is enough; the client discovers the others), for example
+    /// `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`.
+    ///
+    /// Each connection attempt gives up after 1 s, each command after 1 s, and
+    /// a request after 2 s in all (redirections and retries included).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty list, [`Error::Backend`] when a URL is
+    /// invalid or the cluster cannot be reached.
+    pub async fn connect_cluster<I, U>(urls: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
+    {
+        let fail = |e: RedisError| Error::backend(KIND, "connect", e);
+        let nodes: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        if nodes.is_empty() {
+            return Err(Error::Config {
+                message: "RedisStore::connect_cluster needs at least one node URL".into(),
+            });
+        }
+        let client = ClusterClientBuilder::new(nodes)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT))
+            .build()
+            .map_err(fail)?;
+        let connection = client.get_async_connection().await.map_err(fail)?;
+        Ok(Self::from_cluster(connection))
+    }
+
+    /// A store on an existing single-node [`ConnectionManager`], configured as
+    /// the application likes (set its response and connection timeouts, or a
+    /// request during an outage may wait long).
+    #[must_use]
+    pub fn new(manager: ConnectionManager) -> Self {
+        Self {
+            conn: Conn::Single(manager),
+            prefix: DEFAULT_PREFIX.into(),
+        }
+    }
+
+    /// A store on an existing async Redis Cluster connection.
+    #[must_use]
+    pub fn from_cluster(connection: ClusterConnection) -> Self {
+        Self {
+            conn: Conn::Cluster(connection),
+            prefix: DEFAULT_PREFIX.into(),
+        }
+    }
+
+    /// Sets the prefix of every key the store writes. Defaults to
+    /// [`DEFAULT_PREFIX`] (`keepsake:`). Give each application sharing a
+    /// Redis its own prefix.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().into();
+        self
+    }
+
+    /// The key prefix.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// True when the store talks to a Redis Cluster.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// `{prefix}{storage key}`: the session's hash.
+    fn session_key(&self, key: &StorageKey) -> String {
+        format!("{}{}", self.prefix, key.as_str())
+    }
+
+    /// `{prefix}user:{hex sha256 of the user id}`: the user's index set.
+    fn user_key(&self, user_id: &[u8]) -> String {
+        format!(
+            "{}user:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(user_id))
+        )
+    }
+
+    /// Adds `member` to the index `set` and extends the set's expiry to `exp_ms`.
+    async fn index(
+        &self,
+        set: &str,
+        member: &StorageKey,
+        exp_ms: i64,
+        now_ms: i64,
+    ) -> RedisResult<()> {
+        let _: i64 = scripts::INDEX
+            .key(set)
+            .arg(member.as_str())
+            .arg(exp_ms)
+            .arg(now_ms)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Removes members from an index set. A failure only leaves stale
+    /// entries, which listing and revoking skip (they check each session's
+    /// owner) and which go with their sessions, so it is logged rather than
+    /// returned.
+    async fn unindex(&self, set: &str, members: &[Vec<u8>], operation: &'static str) {
+        if members.is_empty() {
+            return;
+        }
+        let removed: RedisResult<i64> = redis::cmd("SREM")
+            .arg(set)
+            .arg(members)
+            .query_async(&mut self.conn())
+            .await;
+        if let Err(e) = removed {
+            let error = Error::backend(KIND, operation, e);
+            tracing::warn!(
+                error = %Report(&error),
+                "could not remove entries from a per-user session index; they are skipped until their sessions end"
+            );
+        }
+    }
+
+    /// The members of a user's index set that are storage keys, and the ones
+    /// that are not (to be removed).
+    async fn members(&self, set: &str) -> RedisResult<(Vec<StorageKey>, Vec<Vec<u8>>)> {
+        let members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(set)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut keys = Vec::with_capacity(members.len());
+        let mut invalid = Vec::new();
+        for member in members {
+            match std::str::from_utf8(&member)
+                .ok()
+                .and_then(StorageKey::parse)
+            {
+                Some(key) => keys.push(key),
+                None => {
+                    tracing::warn!(
+                        "a per-user session index holds an entry that is not a storage key; removing it"
+                    );
+                    invalid.push(member);
+                }
+            }
+        }
+        Ok((keys, invalid))
+    }
+
+    /// Reads several sessions' fields in one round trip.
+    async fn load_many(&self, keys: &[StorageKey]) -> RedisResult<Vec<Vec<Option<Vec<u8>>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.is_cluster() {
+            // A cluster pipeline must stay within one slot. The reads go out
+            // concurrently instead, batched by the multiplexed connections.
+            let reads = keys.iter().map(|key| {
+                let mut conn = self.conn();
+                let mut cmd = redis::cmd("HMGET");
+                cmd.arg(self.session_key(key)).arg(&FIELDS[..]);
+                async move { cmd.query_async(&mut conn).await }
+            });
+            join_all(reads).await.into_iter().collect()
+        } else {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("HMGET")
+                    .arg(self.session_key(key))
+                    .arg(&FIELDS[..]);
+            }
+            pipe.query_async(&mut self.conn()).await
+        }
+    }
+}
+
+impl From<ConnectionManager> for RedisStore {
+    fn from(manager: ConnectionManager) -> Self {
+        Self::new(manager)
+    }
+}
+
+impl From<ClusterConnection> for RedisStore {
+    fn from(connection: ClusterConnection) -> Self {
+        Self::from_cluster(connection)
+    }
+}
+
+/// Unix seconds to the milliseconds `PEXPIREAT` takes.
+fn millis(unix_seconds: i64) -> i64 {
+    unix_seconds.saturating_mul(1000)
+}
+
+/// An optional field as a script argument: `+value`, or `-` when absent.
+fn optional(value: Option<&str>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("+{v}"))
+}
+
+/// `ARGV[1..=10]` of the `CREATE` and `SAVE` scripts.
+fn record_args(invocation: &mut ScriptInvocation<'_>, record: &Record, exp_ms: i64, now_ms: i64) {
+    invocation
+        .arg(&record.payload)
+        .arg(record.version)
+        .arg(record.expires_at)
+        .arg(record.last_activity)
+        .arg(optional(record.user_id.as_deref()))
+        .arg(optional(record.ip_address.as_deref()))
+        .arg(optional(record.user_agent.as_deref()))
+        .arg(exp_ms)
+        .arg(now_ms)
+        .arg(record.key.as_str());
+}
+
+/// A bulk string reply as bytes; `None` for nil, and for the boolean that a
+/// script's `false` becomes under RESP3.
+fn bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+/// The record from the `HMGET` of [`FIELDS`]; `None` when the hash is
+/// missing, expired at `now`, or corrupt (logged).
+fn decode(key: &StorageKey, values: Vec<Option<Vec<u8>>>, now: i64) -> Option<Record> {
+    let Ok(
+        [
+            payload,
+            version,
+            expires_at,
+            last_activity,
+            user_id,
+            ip_address,
+            user_agent,
+        ],
+    ) = <[Option<Vec<u8>>; 7]>::try_from(values)
+    else {
+        tracing::warn!(
+            key = key.short(),
+            "unexpected reply reading a session from Redis; treating it as absent"
+        );
+        return None;
+    };
+    let Some(payload) = payload else {
+        if [&version, &expires_at, &last_activity]
+            .iter()
+            .any(|v| v.is_some())
+        {
+            tracing::warn!(
+                key = key.short(),
+                field = "payload",
+                "corrupt session in Redis; treating it as absent"
+            );
+        }
+        return None;
+    };
+    let parsed = (|| {
+        Ok::<_, &'static str>(Record {
+            key: key.clone(),
+            payload: String::from_utf8(payload).map_err(|_| "payload")?,
+            version: integer("version", version.as_deref())?,
+            expires_at: integer("expires_at", expires_at.as_deref())?,
+            last_activity: integer("last_activity", last_activity.as_deref())?,
+            user_id: text("user_id", user_id)?,
+            ip_address: text("ip_address", ip_address)?,
+            user_agent: text("user_agent", user_agent)?,
+        })
+    })();
+    match parsed {
+        Ok(record) => (!record.is_expired(now)).then_some(record),
+        Err(field) => {
+            tracing::warn!(
+                key = key.short(),
+                field,
+                "corrupt session in Redis; treating it as absent"
+            );
+            None
+        }
+    }
+}
+
+fn integer(field: &'static str, value: Option<&[u8]>) -> std::result::Result<i64, &'static str> {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or(field)
+}
+
+fn text(
+    field: &'static str,
+    value: Option<Vec<u8>>,
+) -> std::result::Result<Option<String>, &'static str> {
+    value.map(String::from_utf8).transpose().map_err(|_| field)
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    /// One `HMGET` of the session's fields.
+    async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(self.session_key(key))
+            .arg(&FIELDS[..])
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| Error::backend(KIND, "load", e))?;
+        Ok(decode(key, values, now()))
+    }
+
+    /// One script: insert-if-absent, `PEXPIREAT` to `expires_at` (and, on a
+    /// single node, the owner's index entry). A record that is already
+    /// expired is answered [`Cas::Applied`] and not written.
+    async fn create(&self, record: &Record) -> Result<Cas> {
+        let fail = |e: RedisError| Error::backend(KIND, "create", e);
+        let now_ms = now_millis();
+        let exp_ms = millis(record.expires_at);
+        let key = self.session_key(&record.key);
+        let mut invocation = scripts::CREATE.key(&key);
+        if let Some(owner) = &record.user_id {
+            let set = self.user_key(owner.as_bytes());
+            if self.is_cluster() {
+                // Another slot: index first, so a failure here leaves nothing
+                // unindexed (at worst an entry that listing later drops).
+                self.index(&set, &record.key, exp_ms, now_ms)
+                    .await
+                    .map_err(fail)?;
+            } else {
+                invocation.key(&set);
+            }
+        }
+        record_args(&mut invocation, record, exp_ms, now_ms);
+        let applied: i64 = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(fail)?;
+        Ok(if applied == 1 {
+            Cas::Applied
+        } else {
+            Cas::Conflict
+        })
+    }
+
+    /// One script: compare-and-swap on `version`, the new fields, and
+    /// `PEXPIREAT` to `expires_at` (and, on a single node, the owner's index
+    /// entry). When the owner changed, a second command removes the entry from
+    /// the previous owner's index.
+    async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+        let fail = |e: RedisError| Error::backend(KIND, "save", e);
+        let now_ms = now_millis();
+        let exp_ms = millis(record.expires_at);
+        let key = self.session_key(&record.key);
+        let mut invocation = scripts::SAVE.key(&key);
+        if let Some(owner) = &record.user_id {
+            let set = self.user_key(owner.as_bytes());
+            if self.is_cluster() {
+                self.index(&set, &record.key, exp_ms, now_ms)
+                    .await
+                    .map_err(fail)?;
+            } else {
+                invocation.key(&set);
+            }
+        }
+        record_args(&mut invocation, record, exp_ms, now_ms);
+        invocation.arg(expected_version);
+        let reply: Vec<Value> = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(fail)?;
+        if !matches!(reply.first(), Some(Value::Int(1))) {
+            return Ok(Cas::Conflict);
+        }
+        if let Some(previous) = reply.get(1).and_then(bytes)
+            && Some(previous.as_slice()) != record.user_id.as_deref().map(str::as_bytes)
+        {
+            let set = self.user_key(&previous);
+            self.unindex(&set, &[record.key.as_str().as_bytes().to_vec()], "save")
+                .await;
+        }
+        Ok(Cas::Applied)
+    }
+
+    /// One script that moves `last_activity`, `expires_at` and the key's
+    /// `PEXPIREAT` of an existing hash (a missing one stays missing). For a
+    /// session with an owner, a second script extends the owner's index set
+    /// so it outlives the session.
+    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+        let fail = |e: RedisError| Error::backend(KIND, "touch", e);
+        let now_ms = now_millis();
+        let exp_ms = millis(expires_at);
+        let owner: Value = scripts::TOUCH
+            .key(self.session_key(key))
+            .arg(last_activity)
+            .arg(expires_at)
+            .arg(exp_ms)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(fail)?;
+        if let Some(owner) = bytes(&owner) {
+            let set = self.user_key(&owner);
+            self.index(&set, key, exp_ms, now_ms).await.map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// One script that deletes the hash and returns its owner; for a session
+    /// with an owner, a second command removes it from the owner's index.
+    async fn destroy(&self, key: &StorageKey) -> Result<()> {
+        let owner: Value = scripts::DESTROY
+            .key(self.session_key(key))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| Error::backend(KIND, "destroy", e))?;
+        if let Some(owner) = bytes(&owner) {
+            let set = self.user_key(&owner);
+            self.unindex(&set, &[key.as_str().as_bytes().to_vec()], "destroy")
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Returns 0: Redis deletes each session itself when its key's expiry
+    /// (set to `expires_at`) passes, and index sets expire after their
+    /// longest-lived session. There is nothing to collect.
+    async fn gc(&self, _now: i64) -> Result<u64> {
+        Ok(0)
+    }
+
+    /// Reads the user's index set, loads every listed session in one
+    /// pipeline, and removes the entries whose session is gone.
+    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
+        let fail = |e: RedisError| Error::backend(KIND, "list_for_user", e);
+        let set = self.user_key(user_id.as_bytes());
+        let (keys, mut stale) = self.members(&set).await.map_err(fail)?;
+        let rows = self.load_many(&keys).await.map_err(fail)?;
+        let now = now();
+        let mut sessions = Vec::new();
+        for (key, row) in keys.into_iter().zip(rows) {
+            match decode(&key, row, now) {
+                Some(record) if record.user_id.as_deref() == Some(user_id) => {
+                    sessions.push(record.info());
+                }
+                // Another owner now (or an index update still in flight):
+                // the entry goes when that session does.
+                Some(_) => {}
+                None => stale.push(key.as_str().as_bytes().to_vec()),
+            }
+        }
+        self.unindex(&set, &stale, "list_for_user").await;
+        sessions.sort_by(|a, b| {
+            b.last_activity
+                .cmp(&a.last_activity)
+                .then_with(|| a.key.cmp(&b.key))
+        });
+        Ok(sessions)
+    }
+
+    /// Reads the user's index set and deletes each listed session that this
+    /// user still owns (one script per session, sent together), except
+    /// `except`.
+    async fn destroy_for_user(&self, user_id: &str, except: Option<&StorageKey>) -> Result<u64> {
+        let fail = |e: RedisError| Error::backend(KIND, "destroy_for_user", e);
+        let set = self.user_key(user_id.as_bytes());
+        let (keys, mut stale) = self.members(&set).await.map_err(fail)?;
+        let targets: Vec<StorageKey> = keys.into_iter().filter(|k| Some(k) != except).collect();
+        let deletes = targets.iter().map(|key| {
+            let mut conn = self.conn();
+            let key = self.session_key(key);
+            async move {
+                scripts::DESTROY_OWNED
+                    .key(key)
+                    .arg(user_id)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            }
+        });
+        let outcomes = join_all(deletes).await;
+        let mut deleted = 0u64;
+        let mut failure = None;
+        for (key, outcome) in targets.iter().zip(outcomes) {
+            match outcome {
+                Ok(1) => {
+                    deleted += 1;
+                    stale.push(key.as_str().as_bytes().to_vec());
+                }
+                Ok(0) => stale.push(key.as_str().as_bytes().to_vec()),
+                Ok(_) => {}
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        self.unindex(&set, &stale, "destroy_for_user").await;
+        match failure {
+            Some(e) => Err(fail(e)),
+            None => Ok(deleted),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use keepsake_core::SessionId;
+
+    use super::*;
+
+    fn row(fields: [Option<&str>; 7]) -> Vec<Option<Vec<u8>>> {
+        fields
+            .iter()
+            .map(|f| f.map(|v| v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn decodes_a_full_record() {
+        let key = SessionId::generate().storage_key();
+        let record = decode(
+            &key,
+            row([
+                Some(r#"{"d":{}}"#),
+                Some("7"),
+                Some("2000"),
+                Some("1500"),
+                Some("u"),
+                Some(""),
+                None,
+            ]),
+            1000,
+        )
+        .expect("live record");
+        assert_eq!(
+            record,
+            Record {
+                key,
+                payload: r#"{"d":{}}"#.into(),
+                last_activity: 1500,
+                expires_at: 2000,
+                version: 7,
+                user_id: Some("u".into()),
+                ip_address: Some(String::new()),
+                user_agent: None,
+            }
+        );
+    }
+
+    #[test]
+    fn missing_expired_and_corrupt_rows_are_absent() {
+        let key = SessionId::generate().storage_key();
+        let full = |version: &'static str, expires: &'static str| {
+            row([
+                Some("{}"),
+                Some(version),
+                Some(expires),
+                Some("1"),
+                None,
+                None,
+                None,
+            ])
+        };
+        assert!(decode(&key, row([None; 7]), 1000).is_none(), "missing");
+        assert!(decode(&key, full("1", "1000"), 1000).is_none(), "expired");
+        assert!(decode(&key, full("1", "1001"), 1000).is_some(), "live");
+        assert!(
+            decode(&key, full("x", "2000"), 1000).is_none(),
+            "bad version"
+        );
+        assert!(
+            decode(&key, full("1", "soon"), 1000).is_none(),
+            "bad expiry"
+        );
+        let mut bad_payload = full("1", "2000");
+        bad_payload[0] = Some(vec![0xff, 0xfe]);
+        assert!(
+            decode(&key, bad_payload, 1000).is_none(),
+            "payload not UTF-8"
+        );
+        assert!(decode(&key, Vec::new(), 1000).is_none(), "short reply");
+    }
+
+    #[test]
+    fn optional_fields_keep_some_empty_apart_from_none() {
+        assert_eq!(optional(None), "-");
+        assert_eq!(optional(Some("")), "+");
+        assert_eq!(optional(Some("-x")), "+-x");
+    }
+
+    #[test]
+    fn script_replies_to_owner_bytes() {
+        assert_eq!(
+            bytes(&Value::BulkString(b"u".to_vec())),
+            Some(b"u".to_vec())
+        );
+        assert_eq!(bytes(&Value::Nil), None);
+        assert_eq!(bytes(&Value::Boolean(false)), None);
+    }
+
+    #[tokio::test]
+    async fn bad_connection_settings_are_errors() {
+        assert!(matches!(
+            RedisStore::connect("not a url").await,
+            Err(Error::Backend {
+                store: "redis",
+                operation: "connect",
+                ..
+            })
+        ));
+        assert!(matches!(
+            RedisStore::connect_cluster(Vec::<String>::new()).await,
+            Err(Error::Config { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_connect_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = std::time::Instant::now();
+        let outcome = RedisStore::connect(&format!("redis://127.0.0.1:{port}")).await;
+        assert!(matches!(
+            outcome,
+            Err(Error::Backend {
+                operation: "connect",
+                ..
+            })
+        ));
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+}
