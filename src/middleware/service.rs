@@ -1,0 +1,663 @@
+//! [`SessionService`]: loads lazily, writes once after the handler.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use axum::extract::ConnectInfo;
+use axum_core::response::Response;
+use http::header::{CACHE_CONTROL, SET_COOKIE, USER_AGENT, VARY};
+use http::{HeaderValue, Method, Request};
+use keepsake_core::{
+    Cas, Commit, CommitContext, Error, Loader, Report, Session, SessionFailure, SessionHandle,
+    SessionId, SessionStore, default_error_response,
+};
+use rand::Rng as _;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::layer::{Config, SessionLayer, SessionSource};
+use crate::cookie;
+
+/// The service made by [`SessionLayer`].
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    layer: SessionLayer,
+}
+
+impl<S> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> SessionService<S> {
+    pub(crate) fn new(inner: S, layer: SessionLayer) -> Self {
+        Self { inner, layer }
+    }
+}
+
+/// What the end of the request needs to know about its start.
+struct RequestInfo {
+    /// Where the id in use came from.
+    source: SessionSource,
+    /// The request's fingerprint, when sessions are bound.
+    fingerprint: Option<String>,
+    /// The URL to record as the previous URL, for a trackable GET.
+    previous_url: Option<String>,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// Loads the session of one request from what its cookie carried.
+struct RequestLoader {
+    store: Arc<dyn SessionStore>,
+    config: Arc<Config>,
+    /// Server stores: the first well-formed id sent.
+    id: Option<SessionId>,
+    /// Client-side stores: every value of the session cookie, in order.
+    sealed: Vec<Box<str>>,
+    /// The request's fingerprint, when sessions are bound.
+    fingerprint: Option<String>,
+}
+
+impl RequestLoader {
+    /// A session bound to another fingerprint is invalidated.
+    fn check_binding(&self, session: Session) -> Session {
+        if let (Some(expected), Some(bound)) = (&self.fingerprint, session.binding())
+            && *expected != bound
+        {
+            tracing::warn!(
+                session = %session.storage_key().short(),
+                "session presented by a different client than it is bound to; invalidating it"
+            );
+            session.invalidate();
+        }
+        session
+    }
+}
+
+#[async_trait]
+impl Loader for RequestLoader {
+    async fn load(&self) -> Result<Session, Error> {
+        if let Some(client) = self.store.client_side() {
+            let opened = self.sealed.iter().find_map(|value| client.open(value));
+            return Ok(opened.map_or_else(Session::new_detached, |(id, record)| {
+                self.check_binding(Session::from_record(id, &record))
+            }));
+        }
+        if let Some(id) = &self.id {
+            if let Some(record) = self.store.load(&id.storage_key()).await? {
+                return Ok(self.check_binding(Session::from_record(id.clone(), &record)));
+            }
+            tracing::debug!(session = %id, "unknown or expired session id; starting a new session");
+        }
+        Ok(Session::new_detached())
+    }
+
+    fn error_response(&self, error: &SessionFailure) -> Response {
+        error_response(&self.config, error)
+    }
+}
+
+fn error_response(config: &Config, error: &SessionFailure) -> Response {
+    let mut response = match &config.error_handler {
+        Some(handler) => handler(error),
+        None => default_error_response(error),
+    };
+    response.extensions_mut().insert(error.clone());
+    response
+}
+
+impl<S, ReqBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let layer = self.layer.clone();
+        let (loader, info) = start(&layer, &request);
+        let handle = SessionHandle::new(loader);
+        request.extensions_mut().insert(handle.clone());
+        request.extensions_mut().insert(info.source);
+
+        // The ready service is the one `poll_ready` was called on; leave the
+        // clone in its place (tower's "be careful when cloning" rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let future = handle.clone().scope(async move {
+            let response = inner.call(request).await?;
+            Ok(finish(&layer, &handle, info, response).await)
+        });
+        ResponseFuture {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+/// Reads what the request carries; touches no store.
+fn start<B>(layer: &SessionLayer, request: &Request<B>) -> (RequestLoader, RequestInfo) {
+    let config = &layer.config;
+    let headers = request.headers();
+    let client_side = layer.store.client_side().is_some();
+
+    let from_cookie: Vec<&str> = if config.use_cookie {
+        cookie::values(headers, &config.cookie_name).collect()
+    } else {
+        Vec::new()
+    };
+    let from_header: Vec<&str> = config.id_header.as_ref().map_or_else(Vec::new, |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    });
+    let had_id = !from_cookie.is_empty() || !from_header.is_empty();
+    let (first, second) = match config.precedence {
+        SessionSource::Cookie => (
+            (SessionSource::Cookie, &from_cookie),
+            (SessionSource::Header, &from_header),
+        ),
+        _ => (
+            (SessionSource::Header, &from_header),
+            (SessionSource::Cookie, &from_cookie),
+        ),
+    };
+
+    let mut id = None;
+    let mut sealed = Vec::new();
+    let mut source = SessionSource::None;
+    for (origin, values) in [first, second] {
+        if client_side {
+            if source == SessionSource::None && !values.is_empty() {
+                source = origin;
+            }
+            sealed.extend(values.iter().map(|v| Box::<str>::from(*v)));
+        } else if id.is_none() {
+            id = values.iter().find_map(|v| SessionId::parse(v));
+            if id.is_some() {
+                source = origin;
+            }
+        }
+    }
+    if had_id && !client_side && id.is_none() {
+        tracing::warn!(
+            cookie = %config.cookie_name,
+            "malformed session id ignored; a new session will be started"
+        );
+    }
+
+    let previous_url = (config.track_previous_url
+        && request.method() == Method::GET
+        && headers
+            .get("x-requested-with")
+            .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest")))
+    .then(|| request.uri().to_string());
+
+    let (ip_address, user_agent) = if config.record_client || config.binding.is_enabled() {
+        let forwarded = config
+            .trust_proxy
+            .then(|| headers.get("x-forwarded-for")?.to_str().ok())
+            .flatten()
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty() && v.len() <= 45);
+        let ip = forwarded.or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_string())
+        });
+        let agent = headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(512).collect());
+        (ip, agent)
+    } else {
+        (None, None)
+    };
+
+    let fingerprint = config
+        .binding
+        .is_enabled()
+        .then(|| fingerprint(config.binding, ip_address.as_deref(), user_agent.as_deref()));
+    let (ip_address, user_agent) = if config.record_client {
+        (ip_address, user_agent)
+    } else {
+        (None, None)
+    };
+    let loader = RequestLoader {
+        store: Arc::clone(&layer.store),
+        config: Arc::clone(&layer.config),
+        id,
+        sealed,
+        fingerprint: fingerprint.clone(),
+    };
+    let info = RequestInfo {
+        source,
+        fingerprint,
+        previous_url,
+        ip_address,
+        user_agent,
+    };
+    (loader, info)
+}
+
+/// The hex SHA-256 of what the session is bound to.
+fn fingerprint(binding: super::Binding, ip: Option<&str>, agent: Option<&str>) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    if binding.user_agent {
+        hasher.update(b"ua:");
+        hasher.update(agent.unwrap_or_default().as_bytes());
+    }
+    if binding.ipv4_prefix.is_some() || binding.ipv6_prefix.is_some() {
+        hasher.update(b"|ip:");
+        let masked = ip
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => {
+                    let bits = u32::from(binding.ipv4_prefix.unwrap_or(32).min(32));
+                    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+                    std::net::IpAddr::V4((u32::from(v4) & mask).into())
+                }
+                std::net::IpAddr::V6(v6) => {
+                    let bits = u32::from(binding.ipv6_prefix.unwrap_or(128).min(128));
+                    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                    std::net::IpAddr::V6((u128::from(v6) & mask).into())
+                }
+            });
+        hasher.update(
+            masked
+                .map(|ip| ip.to_string())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+    }
+    hex_encode(&hasher.finalize()[..16])
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// What to do with the session cookie.
+enum CookieAction {
+    Keep,
+    Set { value: String, expires_at: i64 },
+    Remove,
+}
+
+/// After the handler: the session's one write, the cookie, the lottery.
+async fn finish(
+    layer: &SessionLayer,
+    handle: &SessionHandle,
+    info: RequestInfo,
+    mut response: Response,
+) -> Response {
+    let Some(session) = handle.loaded() else {
+        return response;
+    };
+    let config = &layer.config;
+    if response.status().is_server_error() && !config.save_on_server_error {
+        return response;
+    }
+    if let Some(url) = info.previous_url.as_deref()
+        && response.status().is_success()
+        && session.previous_url().as_deref() != Some(url)
+    {
+        session.set_previous_url(url);
+    }
+
+    if let Some(fingerprint) = &info.fingerprint
+        && session.binding().as_ref() != Some(fingerprint)
+        && (!session.is_new() || session.is_modified())
+    {
+        session.set_binding(Some(fingerprint.clone()));
+    }
+
+    let now = keepsake_core::now();
+    let (via_cookie, via_header) = match (config.use_cookie, &config.id_header, info.source) {
+        (true, Some(_), SessionSource::Header) => (false, true),
+        (true, Some(_), SessionSource::Cookie) => (true, false),
+        (use_cookie, header, _) => (use_cookie, header.is_some()),
+    };
+    if config.cache_headers {
+        add_cache_headers(config, &mut response);
+    }
+    match commit(layer, &session, &info, now).await {
+        Ok(CookieAction::Keep) => {}
+        Ok(CookieAction::Set { value, expires_at }) => {
+            if via_cookie {
+                let max_age = (!config.expire_on_close).then(|| expires_at - now);
+                append_cookie(&mut response, &cookie::set(config, &value, max_age));
+            }
+            if via_header {
+                set_id_header(config, &mut response, &value);
+            }
+        }
+        Ok(CookieAction::Remove) => {
+            if via_cookie {
+                append_cookie(&mut response, &cookie::remove(config));
+            }
+            if via_header {
+                set_id_header(config, &mut response, "");
+            }
+        }
+        Err(error) => {
+            tracing::error!(
+                store = layer.store.kind(),
+                error = %Report(&error),
+                "saving the session failed"
+            );
+            return error_response(config, &SessionFailure::new(error));
+        }
+    }
+
+    lottery(layer, now);
+    response
+}
+
+fn set_id_header(config: &Config, response: &mut Response, value: &str) {
+    if let (Some(name), Ok(value)) = (&config.id_header, HeaderValue::from_str(value)) {
+        response.headers_mut().insert(name.clone(), value);
+    }
+}
+
+/// `Vary` on what carries the id, and `Cache-Control: private` unless the
+/// handler chose its own caching.
+fn add_cache_headers(config: &Config, response: &mut Response) {
+    let headers = response.headers_mut();
+    let mut vary: Vec<&str> = Vec::with_capacity(2);
+    if config.use_cookie {
+        vary.push("cookie");
+    }
+    if let Some(name) = &config.id_header {
+        vary.push(name.as_str());
+    }
+    let present: Vec<String> = headers
+        .get_all(VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .collect();
+    if !present.iter().any(|v| v == "*") {
+        for name in vary {
+            if !present.iter().any(|v| v == name) {
+                headers.append(
+                    VARY,
+                    HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("cookie")),
+                );
+            }
+        }
+    }
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
+fn append_cookie(response: &mut Response, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(value) => {
+            response.headers_mut().append(SET_COOKIE, value);
+        }
+        Err(_) => tracing::error!("session cookie is not a valid header value; not sent"),
+    }
+}
+
+/// Carries out the session's write: create, compare-and-swap save (reload,
+/// replay and retry on conflict), touch, destroy, or nothing.
+async fn commit(
+    layer: &SessionLayer,
+    session: &Session,
+    info: &RequestInfo,
+    now: i64,
+) -> Result<CookieAction, Error> {
+    let config = &layer.config;
+    let store = &layer.store;
+    let client = store.client_side();
+    let ctx = CommitContext {
+        now,
+        idle_lifetime: config.idle_lifetime.as_secs(),
+        absolute_lifetime: config.absolute_lifetime.map(|d| d.as_secs()),
+        touch_after: config.touch_after.as_secs(),
+        ip_address: info.ip_address.clone(),
+        user_agent: info.user_agent.clone(),
+        client_side: client.is_some(),
+    };
+    let _serialized = match (client, session.loaded_key()) {
+        (None, Some(key)) => Some(layer.commits.for_key(&key).lock().await),
+        _ => None,
+    };
+    let mut collisions = 0;
+    let mut attempts = 0;
+    loop {
+        match session.commit_plan(&ctx) {
+            // An unknown id that led to nothing stored is left alone rather
+            // than removed: the browser may meanwhile hold a newer cookie from
+            // a concurrent response (a login in another tab), which a removal
+            // would delete.
+            Commit::Nothing => return Ok(CookieAction::Keep),
+            Commit::Create { record, replaces } => {
+                if let Some(client) = client {
+                    let value = client.seal(&session.id(), &record)?;
+                    session.committed(&record);
+                    return Ok(CookieAction::Set {
+                        value,
+                        expires_at: record.expires_at,
+                    });
+                }
+                let old_version = session.loaded_version();
+                match store.create(&record).await? {
+                    Cas::Applied => {
+                        let record = match (replaces, old_version) {
+                            (Some(old), Some(version)) => {
+                                retire(store, session, &ctx, old, version, record).await?
+                            }
+                            _ => record,
+                        };
+                        session.committed(&record);
+                        return Ok(CookieAction::Set {
+                            value: session.id().as_str().to_owned(),
+                            expires_at: record.expires_at,
+                        });
+                    }
+                    Cas::Conflict => {
+                        collisions += 1;
+                        if collisions >= 3 {
+                            return Err(Error::IdCollision {
+                                attempts: collisions,
+                            });
+                        }
+                        session.reassign_id();
+                    }
+                }
+            }
+            Commit::Save { record, expected } => {
+                if let Some(client) = client {
+                    let value = client.seal(&session.id(), &record)?;
+                    session.committed(&record);
+                    return Ok(CookieAction::Set {
+                        value,
+                        expires_at: record.expires_at,
+                    });
+                }
+                attempts += 1;
+                match store.save(&record, expected).await? {
+                    Cas::Applied => {
+                        session.committed(&record);
+                        return Ok(CookieAction::Set {
+                            value: session.id().as_str().to_owned(),
+                            expires_at: record.expires_at,
+                        });
+                    }
+                    Cas::Conflict if attempts >= config.max_save_attempts => {
+                        return Err(Error::Conflict { attempts });
+                    }
+                    Cas::Conflict => {
+                        tracing::debug!(session = %record.key.short(), attempts, "save conflicted; replaying");
+                        keepsake_core::instrument::record_retry(store.kind());
+                        if attempts > 1 {
+                            // Another process keeps winning: spread the retries.
+                            let cap = 1u64 << attempts.min(6);
+                            let pause = rand::rng().random_range(0..=cap);
+                            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                        }
+                        let fresh = store.load(&record.key).await?;
+                        if !session.rebase(fresh.as_ref()) {
+                            // Destroyed meanwhile (a logout or login in another
+                            // tab): never resurrected, and the cookie is left to
+                            // the request that destroyed it.
+                            tracing::debug!(
+                                session = %record.key.short(),
+                                "session was destroyed by a concurrent request; not saved"
+                            );
+                            return Ok(CookieAction::Keep);
+                        }
+                    }
+                }
+            }
+            Commit::Touch {
+                key,
+                last_activity,
+                expires_at,
+            } => {
+                store.touch(&key, last_activity, expires_at).await?;
+                return Ok(CookieAction::Set {
+                    value: session.id().as_str().to_owned(),
+                    expires_at,
+                });
+            }
+            Commit::Destroy { key } => {
+                if client.is_none() {
+                    store.destroy(&key).await?;
+                }
+                return Ok(CookieAction::Remove);
+            }
+        }
+    }
+}
+
+/// Retires the record of the old id after `regenerate` stored the new one.
+///
+/// The old record is expired by a compare-and-swap save at the version this
+/// request loaded, not destroyed blindly: if a concurrent request of the same
+/// session saved to it meanwhile (another tab adding to a cart while this one
+/// logs in), the save conflicts, and that request's changes are carried into
+/// the new record before the old one is retired again. Returns the new record
+/// as finally stored.
+async fn retire(
+    store: &Arc<dyn SessionStore>,
+    session: &Session,
+    ctx: &CommitContext,
+    old: keepsake_core::StorageKey,
+    mut expected: i64,
+    mut new: keepsake_core::Record,
+) -> Result<keepsake_core::Record, Error> {
+    for _ in 0..16 {
+        let tombstone = keepsake_core::Record {
+            key: old.clone(),
+            payload: String::new(),
+            last_activity: ctx.now,
+            expires_at: ctx.now - 1,
+            version: expected + 1,
+            user_id: None,
+            ip_address: None,
+            user_agent: None,
+        };
+        if store.save(&tombstone, expected).await?.is_applied() {
+            // The old id no longer loads; removing the expired record now only
+            // frees the space (gc would do it too), so a failure here does not
+            // fail the request.
+            if let Err(error) = store.destroy(&old).await {
+                tracing::warn!(
+                    session = %old.short(),
+                    error = %Report(&error),
+                    "removing the retired session record failed; gc will remove it"
+                );
+            }
+            return Ok(new);
+        }
+        let Some(fresh) = store.load(&old).await? else {
+            // Gone already (destroyed by another request, or expired).
+            return Ok(new);
+        };
+        expected = fresh.version;
+        session.rebase(Some(&fresh));
+        let Commit::Create { record, .. } = session.commit_plan(ctx) else {
+            // The concurrent changes emptied the session: keep what is stored.
+            continue;
+        };
+        let carried = keepsake_core::Record {
+            version: new.version + 1,
+            ..record
+        };
+        if !store.save(&carried, new.version).await?.is_applied() {
+            return Err(Error::Conflict { attempts: 1 });
+        }
+        new = carried;
+    }
+    Err(Error::Conflict { attempts: 16 })
+}
+
+/// With probability `hits / out_of`, collects expired sessions on a spawned
+/// task: never on the request's own latency path, and never more than one at
+/// a time per layer.
+fn lottery(layer: &SessionLayer, now: i64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Clears the in-flight flag when the gc task ends, however it ends.
+    struct Running(Arc<AtomicBool>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+        }
+    }
+
+    let (hits, out_of) = layer.config.lottery;
+    if hits == 0 || !rand::rng().random_ratio(hits, out_of) {
+        return;
+    }
+    // A win while a gc is still running is dropped: gc tasks piling up under
+    // load would hold the store's connections that requests need.
+    if layer.gc_running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let running = Running(Arc::clone(&layer.gc_running));
+    let store = Arc::clone(&layer.store);
+    tokio::spawn(async move {
+        let _running = running;
+        match store.gc(now).await {
+            Ok(deleted) => tracing::debug!(store = store.kind(), deleted, "session gc"),
+            Err(error) => tracing::error!(
+                store = store.kind(),
+                error = %Report(&error),
+                "session gc failed; the next lottery win tries again"
+            ),
+        }
+    });
+}

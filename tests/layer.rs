@@ -1,0 +1,783 @@
+//! The layer end to end on the memory store: every Session method through
+//! real requests, cookies, security, failure paths and store call counts.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use common::{Counting, Failing, app, ok, run};
+use http::header::{COOKIE, SET_COOKIE};
+use http::{Request, StatusCode};
+use keepsake::testing::TestClient;
+use keepsake::{
+    MemoryStore, SameSite, Session, SessionFailure, SessionId, SessionLayer, SessionStore,
+};
+use serde_json::json;
+use tower::ServiceExt as _;
+
+fn client() -> TestClient {
+    TestClient::new(
+        app(),
+        SessionLayer::new(MemoryStore::new()).with_lottery(0, 1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_passes_the_layer_suite() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    common::suite::run_suite(|| {
+        let store = Arc::clone(&store);
+        async move { store }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reading_methods() {
+    let c = client();
+    run(
+        &c,
+        json!([
+            ["put", "user.name", "x"],
+            ["put", "teams", [{"name": "a"}, {"name": "b"}]],
+            ["put", "zero", 0], ["put", "f", false], ["put", "e", ""], ["put", "o", {}], ["put", "l", []],
+            ["put", "nul", null]
+        ]),
+    )
+    .await;
+    let r = run(
+        &c,
+        json!([
+            ["get", "user.name"],
+            ["get", "teams.1.name"],
+            ["get", "missing"],
+            ["get", "nul"],
+            ["get_or", "missing", "d"],
+            ["get_or", "nul", "d"],
+            ["has", "zero"],
+            ["has", "f"],
+            ["has", "e"],
+            ["has", "o"],
+            ["has", "l"],
+            ["has", "nul"],
+            ["has", "missing"],
+            ["exists", "nul"],
+            ["exists", "missing"],
+            ["missing", "missing"],
+            ["missing", "nul"],
+            ["has_all", ["zero", "f"]],
+            ["has_all", ["zero", "nul"]],
+            ["has_any", ["nul", "missing"]],
+            ["has_any", ["nul", "e"]],
+            ["exists_all", ["nul", "zero"]],
+            ["exists_all", ["nul", "missing"]],
+            ["only", ["zero", "user.name", "missing"]],
+            ["except", ["user.name", "teams", "zero", "f", "e", "o", "l"]]
+        ]),
+    )
+    .await;
+    let values: Vec<_> = r.iter().map(ok).collect();
+    assert_eq!(
+        values,
+        vec![
+            json!("x"),
+            json!("b"),
+            json!(null),
+            json!(null),
+            json!("d"),
+            json!(null),
+            json!(true),
+            json!(true),
+            json!(true),
+            json!(true),
+            json!(true),
+            json!(false),
+            json!(false),
+            json!(true),
+            json!(false),
+            json!(true),
+            json!(false),
+            json!(true),
+            json!(false),
+            json!(false),
+            json!(true),
+            json!(true),
+            json!(false),
+            json!({"zero": 0}),
+            json!({"user": {}, "nul": null}),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn writing_methods() {
+    let c = client();
+    let r = run(
+        &c,
+        json!([
+            ["put", "s", "abc"], ["put", "s.sub", 1], ["get", "s"],
+            ["put", "u.name", "x"], ["forget", "u.name"], ["get", "u"], ["has", "u"], ["forget", "nope.deeper"],
+            ["put_many", {"a": 1, "b": 2}],
+            ["remember", "r", 5], ["remember", "r", 6], ["put", "rn", null], ["remember", "rn", 7],
+            ["push", "list", 1], ["push", "list", 2], ["push", "s", 3], ["put", "pn", null], ["push", "pn", "x"],
+            ["increment", "n", 1], ["increment", "n", 5], ["decrement", "n", 2], ["increment", "absent", 3],
+            ["increment", "list", 1], ["put", "str", "10"], ["increment", "str", 1],
+            ["put", "big", 9_223_372_036_854_775_807_i64], ["increment", "big", 1], ["get", "big"],
+            ["increment_f", "fl", 0.5], ["increment_f", "fl", 0.25],
+            ["pull", "a"], ["has", "a"], ["pull", "missing"],
+            ["forget_many", ["b", "r"]], ["exists_all", ["b"]], ["exists", "r"]
+        ]),
+    )
+    .await;
+    assert_eq!(ok(&r[2]), json!({"sub": 1}));
+    assert_eq!(ok(&r[5]), json!({}));
+    assert_eq!(ok(&r[6]), json!(true));
+    assert_eq!(
+        (ok(&r[9]), ok(&r[10]), ok(&r[12])),
+        (json!(5), json!(5), json!(7))
+    );
+    assert!(
+        r[15]["err"].as_str().unwrap().contains("not a list"),
+        "{}",
+        r[15]
+    );
+    assert_eq!(
+        (ok(&r[18]), ok(&r[19]), ok(&r[20]), ok(&r[21])),
+        (json!(1), json!(6), json!(4), json!(3))
+    );
+    assert!(
+        r[22]["err"].is_string() && r[24]["err"].is_string(),
+        "non-numbers are errors"
+    );
+    assert!(
+        r[26]["err"].as_str().unwrap().contains("overflow"),
+        "{}",
+        r[26]
+    );
+    assert_eq!(
+        ok(&r[27]),
+        json!(i64::MAX),
+        "an overflow leaves the value unchanged"
+    );
+    assert_eq!((ok(&r[28]), ok(&r[29])), (json!(0.5), json!(0.75)));
+    assert_eq!(
+        (ok(&r[30]), ok(&r[31]), ok(&r[32])),
+        (json!(1), json!(false), json!(null))
+    );
+    assert_eq!((ok(&r[34]), ok(&r[35])), (json!(false), json!(false)));
+
+    // Everything above persisted.
+    let snapshot = c.session().await;
+    snapshot
+        .assert_has_value("list", [1, 2])
+        .assert_has_value("pn", ["x"])
+        .assert_has_value("s", json!({"sub": 1}))
+        .assert_has_value("n", 4)
+        .assert_missing("a");
+
+    // flush empties data and metadata.
+    let r = run(
+        &c,
+        json!([
+            ["token"],
+            ["flash", "f", 1],
+            ["set_previous_url", "/x"],
+            ["flush"],
+            ["all"],
+            ["previous_url"],
+            ["token"]
+        ]),
+    )
+    .await;
+    assert_eq!(ok(&r[4]), json!({}));
+    assert_eq!(ok(&r[5]), json!(null));
+    assert_ne!(ok(&r[6]), ok(&r[0]), "flush drops the CSRF token");
+}
+
+#[tokio::test]
+async fn no_key_is_reserved() {
+    let c = client();
+    run(&c, json!([["put", "_token", "mine"], ["put", "_flash", {"new": []}], ["token"], ["flash", "f", 1], ["flash_input", {"email": "a@b"}]])).await;
+    let r = run(&c, json!([["all"], ["old_input", "email"]])).await;
+    assert_eq!(
+        ok(&r[0]),
+        json!({"_token": "mine", "_flash": {"new": []}, "f": 1})
+    );
+    assert_eq!(ok(&r[1]), json!("a@b"));
+    let r = run(&c, json!([["old_input", "email"]])).await;
+    assert_eq!(ok(&r[0]), json!(null), "old input lasts one more request");
+}
+
+#[tokio::test]
+async fn token_identity_and_user() {
+    let c = client();
+    let r = run(
+        &c,
+        json!([
+            ["token"],
+            ["token"],
+            ["id"],
+            ["user_id"],
+            ["set_user_id", "42"],
+            ["user_id"]
+        ]),
+    )
+    .await;
+    let token = ok(&r[0]);
+    assert!(token.as_str().unwrap().len() >= 40);
+    assert_eq!(ok(&r[1]), token, "the token is stable");
+    assert_eq!(
+        ok(&r[2]),
+        json!(c.cookie().unwrap()),
+        "id() is the cookie's id"
+    );
+    assert_eq!((ok(&r[3]), ok(&r[5])), (json!(null), json!("42")));
+    let r = run(
+        &c,
+        json!([["token"], ["regenerate_token"], ["token"], ["user_id"]]),
+    )
+    .await;
+    assert_eq!(ok(&r[0]), token);
+    assert_ne!(ok(&r[1]), token);
+    assert_eq!(ok(&r[2]), ok(&r[1]));
+    assert_eq!(ok(&r[3]), json!("42"));
+}
+
+#[tokio::test]
+async fn put_for_disappears_after_its_ttl() {
+    let c = client();
+    run(
+        &c,
+        json!([["put_for", "otp", "123", 300], ["put", "stay", 1]]),
+    )
+    .await;
+    assert_eq!(ok(&run(&c, json!([["get", "otp"]])).await[0]), json!("123"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = run(&c, json!([["get", "otp"], ["get", "stay"]])).await;
+    assert_eq!((ok(&r[0]), ok(&r[1])), (json!(null), json!(1)));
+}
+
+#[tokio::test]
+async fn per_session_lifetime_sets_the_cookie_max_age() {
+    let c = client();
+    let response = c
+        .post_json("/run", &json!([["put", "a", 1], ["set_lifetime", 86400]]))
+        .await;
+    let cookie = response.set_cookies().join("\n");
+    assert!(cookie.contains("Max-Age=86400"), "{cookie}");
+}
+
+#[tokio::test]
+async fn anonymous_requests_set_no_cookie_and_store_nothing() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(0, 1));
+    let response = c
+        .post_json("/run", &json!([["get", "x"], ["has", "y"], ["all"]]))
+        .await;
+    assert!(response.set_cookies().is_empty());
+    assert_eq!(
+        Counting::<MemoryStore>::counts(&calls),
+        [0; 6],
+        "no id sent: nothing to load, nothing to store"
+    );
+}
+
+#[tokio::test]
+async fn cookie_attributes_follow_the_config() {
+    let c = client();
+    let response = c.post_json("/run", &json!([["put", "a", 1]])).await;
+    let cookie = &response.set_cookies()[0];
+    let id = c.cookie().unwrap();
+    assert!(SessionId::parse(&id).is_some());
+    for part in [
+        "keepsake_session=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=7200",
+        "Expires=",
+    ] {
+        assert!(cookie.contains(part), "{part} missing from {cookie}");
+    }
+
+    let layer = SessionLayer::new(MemoryStore::new())
+        .with_cookie_name("app")
+        .with_path("/app")
+        .with_domain("example.com")
+        .with_secure(false)
+        .with_http_only(false)
+        .with_same_site(SameSite::Strict)
+        .with_expire_on_close(true);
+    let c = TestClient::new(app(), layer);
+    let response = c.post_json("/run", &json!([["put", "a", 1]])).await;
+    let cookie = &response.set_cookies()[0];
+    assert!(cookie.starts_with("app="), "{cookie}");
+    for part in ["Path=/app", "Domain=example.com", "SameSite=Strict"] {
+        assert!(cookie.contains(part), "{part} missing from {cookie}");
+    }
+    for part in ["HttpOnly", "Secure", "Max-Age", "Expires"] {
+        assert!(!cookie.contains(part), "{part} present in {cookie}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_ids_are_never_adopted() {
+    let store = Arc::new(MemoryStore::new());
+    let layer = SessionLayer::from_arc(store.clone()).with_lottery(0, 1);
+    let c = TestClient::new(app(), layer);
+    let unknown = SessionId::generate();
+    for value in [
+        "../../etc/passwd",
+        "short",
+        &"!".repeat(43),
+        unknown.as_str(),
+        "",
+    ] {
+        c.set_cookie(Some(value.to_owned()));
+        let r = run(&c, json!([["put", "a", 1], ["id"]])).await;
+        let id = ok(&r[1]);
+        assert_ne!(id, json!(value), "{value:?} was adopted");
+        assert!(SessionId::parse(id.as_str().unwrap()).is_some());
+        assert_eq!(c.cookie(), Some(id.as_str().unwrap().to_owned()));
+    }
+    assert!(store.load(&unknown.storage_key()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_stale_cookie_is_left_alone() {
+    // Removing it could delete a newer cookie that a concurrent response (a
+    // login in another tab) has just set.
+    let c = client();
+    c.set_cookie(Some(SessionId::generate().as_str().to_owned()));
+    let response = c.post_json("/run", &json!([["get", "a"]])).await;
+    assert!(response.set_cookies().is_empty());
+}
+
+#[tokio::test]
+async fn store_calls_are_counted() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(0, 1));
+    c.post("/incr", &[]).await.assert_status(200);
+    let before = Counting::<MemoryStore>::total(&calls);
+
+    c.get("/none").await.assert_status(200);
+    assert_eq!(
+        Counting::<MemoryStore>::total(&calls) - before,
+        0,
+        "untouched handler: no store call"
+    );
+
+    let response = c.get("/read").await;
+    assert_eq!(response.json(), json!(1));
+    assert_eq!(
+        Counting::<MemoryStore>::total(&calls) - before,
+        1,
+        "read within touch_after: one load"
+    );
+    assert!(
+        response.set_cookies().is_empty(),
+        "nothing moved: no cookie"
+    );
+
+    c.post("/incr", &[]).await.assert_status(200);
+    assert_eq!(
+        Counting::<MemoryStore>::total(&calls) - before,
+        3,
+        "write: load + save"
+    );
+    let counts = Counting::<MemoryStore>::counts(&calls);
+    assert_eq!(
+        (
+            counts[common::LOAD],
+            counts[common::CREATE],
+            counts[common::SAVE]
+        ),
+        (2, 1, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_stale_session_is_touched_not_rewritten() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let c = TestClient::new(
+        app(),
+        SessionLayer::new(store)
+            .with_lottery(0, 1)
+            .with_touch_after(Duration::ZERO),
+    );
+    c.post("/incr", &[]).await.assert_status(200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = c.get("/read").await;
+    let counts = Counting::<MemoryStore>::counts(&calls);
+    assert_eq!((counts[common::SAVE], counts[common::TOUCH]), (0, 1));
+    assert_eq!(
+        response.set_cookies().len(),
+        1,
+        "the expiry moved: the cookie is re-sent"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_save_nothing_unless_configured() {
+    let c = client();
+    run(&c, json!([["put", "a", 1]])).await;
+    c.post("/fail", &[]).await.assert_status(500);
+    c.session()
+        .await
+        .assert_missing("written_by_failing_request");
+
+    let c = TestClient::new(
+        app(),
+        SessionLayer::new(MemoryStore::new()).with_save_on_server_error(true),
+    );
+    run(&c, json!([["put", "a", 1]])).await;
+    c.post("/fail", &[]).await.assert_status(500);
+    c.session().await.assert_has("written_by_failing_request");
+}
+
+#[tokio::test]
+async fn store_failures_become_500s_with_the_error_attached() {
+    for (op, request) in [
+        (common::LOAD, "read"),
+        (common::SAVE, "incr"),
+        (common::CREATE, "fresh"),
+        (common::TOUCH, "touch"),
+        (common::DESTROY, "invalidate"),
+    ] {
+        let store = Failing::new(MemoryStore::new());
+        let fail = Arc::clone(&store.fail);
+        let layer = SessionLayer::new(store)
+            .with_lottery(0, 1)
+            .with_touch_after(Duration::ZERO);
+        let app = app().layer(layer.clone());
+        let client = TestClient::new(common::app(), layer);
+        if request != "fresh" {
+            client.post("/incr", &[]).await.assert_status(200);
+        }
+        if request == "touch" {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        fail.lock().unwrap().push(op);
+        let (method, uri, body) = match request {
+            "read" | "touch" => ("GET", "/read", Body::empty()),
+            "invalidate" => ("POST", "/run", Body::from(r#"[["invalidate"]]"#)),
+            _ => ("POST", "/incr", Body::empty()),
+        };
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
+        if let Some(id) = client.cookie() {
+            builder = builder.header(COOKIE, format!("keepsake_session={id}"));
+        }
+        let response = app.oneshot(builder.body(body).unwrap()).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{request}"
+        );
+        let failure = response
+            .extensions()
+            .get::<SessionFailure>()
+            .expect("error attached");
+        assert!(
+            failure.to_string().contains("injected outage"),
+            "{request}: {failure}"
+        );
+        assert!(
+            response.headers().get(SET_COOKIE).is_none(),
+            "{request}: no cookie on failure"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_custom_error_handler_answers_failures() {
+    let store = Failing::new(MemoryStore::new());
+    store.fail.lock().unwrap().push(common::CREATE);
+    let layer = SessionLayer::new(store).with_error_handler(|failure| {
+        axum::response::IntoResponse::into_response((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("sessions down: {failure}"),
+        ))
+    });
+    let c = TestClient::new(app(), layer);
+    let response = c.post("/incr", &[]).await;
+    response.assert_status(503);
+    assert!(response.text().contains("injected outage"));
+}
+
+#[tokio::test]
+async fn a_regenerate_never_loses_the_session_when_a_step_fails() {
+    let store = Arc::new(Failing::new(MemoryStore::new()));
+    let c = TestClient::new(
+        app(),
+        SessionLayer::from_arc(store.clone()).with_lottery(0, 1),
+    );
+    run(&c, json!([["put", "user", "ada"]])).await;
+    let old = c.cookie().unwrap();
+
+    // Retiring the old record fails: a 500, and the client keeps its old,
+    // intact session.
+    store.fail.lock().unwrap().push(common::SAVE);
+    c.post_json("/run", &json!([["regenerate"]]))
+        .await
+        .assert_status(500);
+    assert_eq!(c.cookie().as_deref(), Some(old.as_str()));
+    store.fail.lock().unwrap().clear();
+    c.session().await.assert_has_value("user", "ada");
+
+    // Only the clean-up of the already retired record fails: the regenerate
+    // stands, and the old id no longer loads.
+    store.fail.lock().unwrap().push(common::DESTROY);
+    c.post_json("/run", &json!([["regenerate"]]))
+        .await
+        .assert_status(200);
+    store.fail.lock().unwrap().clear();
+    c.session()
+        .await
+        .assert_regenerated()
+        .assert_has_value("user", "ada");
+    let old_key = SessionId::parse(&old).unwrap().storage_key();
+    assert!(store.load(&old_key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn extractor_without_the_layer() {
+    async fn optional(session: Option<Session>) -> String {
+        format!("{}", session.is_some())
+    }
+    async fn required(_session: Session) -> &'static str {
+        "unreachable"
+    }
+    let app = Router::new()
+        .route("/optional", get(optional))
+        .route("/required", get(required));
+    let response = app
+        .clone()
+        .oneshot(Request::get("/optional").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"false");
+    let response = app
+        .oneshot(Request::get("/required").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("is `SessionLayer` applied"));
+}
+
+#[tokio::test]
+async fn the_current_handle_reaches_the_session() {
+    let c = client();
+    c.post("/current", &[]).await.assert_status(200);
+    c.session().await.assert_has_value("via_current", true);
+    assert!(keepsake::SessionHandle::current().is_none());
+}
+
+#[tokio::test]
+async fn previous_url_tracking() {
+    let layer = SessionLayer::new(MemoryStore::new()).with_previous_url_tracking(true);
+    let c = TestClient::new(app(), layer);
+    c.post("/incr", &[]).await;
+    c.get("/read?page=2").await.assert_status(200);
+    let xhr = c.fork().with_header("x-requested-with", "XMLHttpRequest");
+    xhr.get("/read?ajax=1").await;
+    let r = run(&c, json!([["previous_url"]])).await;
+    assert_eq!(ok(&r[0]), json!("/read?page=2"));
+}
+
+#[tokio::test]
+async fn the_absolute_lifetime_caps_the_expiry() {
+    let layer =
+        SessionLayer::new(MemoryStore::new()).with_absolute_lifetime(Duration::from_secs(60));
+    let c = TestClient::new(app(), layer);
+    let response = c.post("/incr", &[]).await;
+    let cookie = &response.set_cookies()[0];
+    assert!(cookie.contains("Max-Age=60"), "{cookie}");
+}
+
+#[tokio::test]
+async fn the_lottery_collects_garbage_off_the_request() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(1, 1));
+    c.post("/incr", &[]).await.assert_status(200);
+    for _ in 0..50 {
+        if Counting::<MemoryStore>::counts(&calls)[common::GC] > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("gc never ran");
+}
+
+#[tokio::test]
+async fn a_failing_gc_is_logged_and_tried_again() {
+    let store = Failing::new(Counting::new(MemoryStore::new()));
+    store.fail.lock().unwrap().push(common::GC);
+    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(1, 1));
+    c.post("/incr", &[]).await.assert_status(200);
+    c.post("/incr", &[]).await.assert_status(200);
+    c.session().await.assert_has_value("counter", 2);
+}
+
+#[tokio::test]
+async fn client_info_is_recorded_behind_a_trusted_proxy() {
+    let store = Arc::new(MemoryStore::new());
+    let layer = SessionLayer::from_arc(store.clone())
+        .with_client_info(true)
+        .with_trusted_proxy(true);
+    let c = TestClient::new(app(), layer)
+        .with_header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
+        .with_header("user-agent", "Firefox/1");
+    run(&c, json!([["put", "a", 1], ["set_user_id", "u1"]])).await;
+    let listed = store.list_for_user("u1").await.unwrap();
+    assert_eq!(listed[0].ip_address.as_deref(), Some("203.0.113.7"));
+    assert_eq!(listed[0].user_agent.as_deref(), Some("Firefox/1"));
+}
+
+#[tokio::test]
+async fn a_session_bound_to_its_client_is_invalidated_elsewhere() {
+    use keepsake::middleware::Binding;
+    let store = Arc::new(MemoryStore::new());
+    let layer = SessionLayer::from_arc(store.clone())
+        .with_trusted_proxy(true)
+        .with_binding(Binding::user_agent().with_ip_prefix(24, 64));
+    let browser = TestClient::new(app(), layer.clone())
+        .with_header("user-agent", "Firefox/1")
+        .with_header("x-forwarded-for", "203.0.113.7");
+    run(&browser, json!([["put", "user", "ada"]])).await;
+    let mut id = browser.cookie().unwrap();
+
+    // Same agent, same /24: the same session.
+    let nearby = TestClient::new(app(), layer.clone())
+        .with_header("user-agent", "Firefox/1")
+        .with_header("x-forwarded-for", "203.0.113.99");
+    nearby.set_cookie(Some(id.clone()));
+    assert_eq!(
+        ok(&run(&nearby, json!([["get", "user"]])).await[0]),
+        json!("ada")
+    );
+
+    // Another agent, or another network: invalidated, the record destroyed.
+    for (agent, address) in [("curl/8", "203.0.113.7"), ("Firefox/1", "198.51.100.1")] {
+        let thief = TestClient::new(app(), layer.clone())
+            .with_header("user-agent", agent)
+            .with_header("x-forwarded-for", address);
+        thief.set_cookie(Some(id.clone()));
+        let r = run(&thief, json!([["get", "user"], ["id"]])).await;
+        assert_eq!(ok(&r[0]), json!(null), "{agent} {address}");
+        assert_ne!(ok(&r[1]), json!(id));
+        assert_eq!(thief.cookie(), None, "nothing stored for the thief");
+        assert!(
+            store
+                .load(&SessionId::parse(&id).unwrap().storage_key())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // The victim signs in again for the next round.
+        run(&browser, json!([["put", "user", "ada"]])).await;
+        let fresh = browser.cookie().unwrap();
+        assert_ne!(fresh, id);
+        id = fresh;
+        assert_eq!(
+            ok(&run(&browser, json!([["get", "user"]])).await[0]),
+            json!("ada")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lottery_wins_during_a_running_gc_start_no_second_one() {
+    #[derive(Debug)]
+    struct SlowGc(MemoryStore, Arc<std::sync::atomic::AtomicUsize>);
+    #[keepsake::async_trait]
+    impl SessionStore for SlowGc {
+        async fn load(
+            &self,
+            key: &keepsake::StorageKey,
+        ) -> keepsake::Result<Option<keepsake::Record>> {
+            self.0.load(key).await
+        }
+        async fn create(&self, record: &keepsake::Record) -> keepsake::Result<keepsake::Cas> {
+            self.0.create(record).await
+        }
+        async fn save(
+            &self,
+            record: &keepsake::Record,
+            expected: i64,
+        ) -> keepsake::Result<keepsake::Cas> {
+            self.0.save(record, expected).await
+        }
+        async fn touch(
+            &self,
+            key: &keepsake::StorageKey,
+            last: i64,
+            expires: i64,
+        ) -> keepsake::Result<()> {
+            self.0.touch(key, last, expires).await
+        }
+        async fn destroy(&self, key: &keepsake::StorageKey) -> keepsake::Result<()> {
+            self.0.destroy(key).await
+        }
+        async fn gc(&self, now: i64) -> keepsake::Result<u64> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.0.gc(now).await
+        }
+        async fn list_for_user(&self, user: &str) -> keepsake::Result<Vec<keepsake::SessionInfo>> {
+            self.0.list_for_user(user).await
+        }
+        async fn destroy_for_user(
+            &self,
+            user: &str,
+            except: Option<&keepsake::StorageKey>,
+        ) -> keepsake::Result<u64> {
+            self.0.destroy_for_user(user, except).await
+        }
+        fn kind(&self) -> &'static str {
+            "slow-gc"
+        }
+    }
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = TestClient::new(
+        app(),
+        SessionLayer::new(SlowGc(MemoryStore::new(), Arc::clone(&runs))).with_lottery(1, 1),
+    );
+    for _ in 0..10 {
+        c.post("/incr", &[]).await.assert_status(200);
+    }
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one gc at a time"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.post("/incr", &[]).await.assert_status(200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        runs.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the next win after it ends runs again"
+    );
+}
