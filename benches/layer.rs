@@ -1,6 +1,7 @@
 //! The session layer in process, no network: one request through an axum
-//! router with `tower::ServiceExt::oneshot`, for a bare handler, keepsake on
-//! `MemoryStore`, and tower-sessions on its `MemoryStore`.
+//! router with `tower::ServiceExt::oneshot`, for a bare handler, the same
+//! behind a layer that does nothing (what axum charges for any layer),
+//! keepsake on `MemoryStore`, and tower-sessions on its `MemoryStore`.
 //!
 //! Routes: `none` (the handler never takes the session, the request carries a
 //! session cookie), `read` (one key), `write` (increments a counter). Each
@@ -33,6 +34,12 @@ fn bare() -> Router {
         .route("/none", get(none))
         .route("/read", get(none))
         .route("/write", get(none))
+}
+
+/// The bare routes behind a layer that does nothing: what axum charges for
+/// any layer (`Router::layer` boxes every route), before the layer's own work.
+fn noop_layer() -> Router {
+    bare().layer(tower::layer::layer_fn(|service| service))
 }
 
 fn keepsake() -> Router {
@@ -119,11 +126,15 @@ fn layer(c: &mut Criterion) {
 
     for (name, router) in [
         ("bare", bare()),
+        ("noop-layer", noop_layer()),
         ("keepsake", keepsake()),
         ("tower-sessions", tower_sessions()),
     ] {
         let cookies = runtime.block_on(sessions(&router));
-        assert!(name == "bare" || cookies.len() == SESSIONS, "{name}");
+        assert!(
+            matches!(name, "bare" | "noop-layer") || cookies.len() == SESSIONS,
+            "{name}"
+        );
         for route in ["none", "read", "write"] {
             let uri = format!("/{route}");
             let mut next = 0usize;

@@ -1,16 +1,18 @@
 //! Reading the session cookie from a request and writing `Set-Cookie`.
 
+use std::fmt::Write as _;
+
 use http::HeaderMap;
 use http::header::COOKIE;
 
-use crate::middleware::Config;
+use crate::middleware::{Config, SameSite};
 
-/// The values of every cookie named `name` in the request, in order, across
-/// all `Cookie` headers. Matching is done on bytes, so a header that also
-/// carries another cookie with non-ASCII bytes still yields the session
-/// cookie; a session cookie value that is not UTF-8 is yielded as an empty
-/// string (sent, but malformed).
-pub(crate) fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+/// The raw values of every cookie named `name` in the request, in order,
+/// across all `Cookie` headers, with surrounding double quotes removed.
+/// Matching is done on bytes, so a header that also carries another cookie
+/// with non-ASCII bytes still yields the session cookie; a value is not
+/// checked for UTF-8 here (an id parses from ASCII alone, see [`text`]).
+pub(crate) fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -18,46 +20,100 @@ pub(crate) fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator
         .filter_map(move |pair| {
             let at = pair.iter().position(|b| *b == b'=')?;
             let (key, value) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
-            (key == name.as_bytes()).then(|| {
-                let value = std::str::from_utf8(value).unwrap_or_default();
-                value.trim_matches('"')
-            })
+            (key == name.as_bytes()).then(|| unquote(value))
         })
+}
+
+/// `value` without the double quotes around it (all of them, as
+/// `str::trim_matches('"')` would remove).
+fn unquote(mut value: &[u8]) -> &[u8] {
+    while let [b'"', rest @ ..] = value {
+        value = rest;
+    }
+    while let [rest @ .., b'"'] = value {
+        value = rest;
+    }
+    value
+}
+
+/// A cookie value as text: a value that is not UTF-8 is empty (sent, but
+/// malformed).
+pub(crate) fn text(value: &[u8]) -> &str {
+    std::str::from_utf8(value).unwrap_or_default()
 }
 
 /// A `Set-Cookie` value carrying `value`, valid for `max_age` seconds (a
 /// session cookie when `None`).
+///
+/// Written by hand rather than through `cookie::Cookie`: this runs on every
+/// response that writes or touches a session, and the value (an id or a
+/// sealed cookie, both base64url) needs no quoting.
 pub(crate) fn set(config: &Config, value: &str, max_age: Option<i64>) -> String {
-    let mut cookie = cookie::Cookie::build((config.cookie_name.as_str(), value))
-        .path(config.cookie_path.as_str())
-        .http_only(config.http_only)
-        .secure(config.secure)
-        .same_site(config.same_site.into());
-    if let Some(domain) = &config.cookie_domain {
-        cookie = cookie.domain(domain.as_str());
-    }
+    let mut out = String::with_capacity(config.cookie_name.len() + value.len() + 128);
+    out.push_str(&config.cookie_name);
+    out.push('=');
+    out.push_str(value);
+    attributes(config, &mut out);
     if let Some(seconds) = max_age {
         let seconds = seconds.max(0);
-        cookie = cookie
-            .max_age(time::Duration::seconds(seconds))
-            .expires(time::OffsetDateTime::now_utc() + time::Duration::seconds(seconds));
+        let _ = write!(out, "; Max-Age={seconds}; Expires=");
+        http_date(keepsake_core::now().saturating_add(seconds), &mut out);
     }
-    cookie.build().to_string()
+    out
 }
 
 /// A `Set-Cookie` value that removes the session cookie.
 pub(crate) fn remove(config: &Config) -> String {
-    let mut cookie = cookie::Cookie::build((config.cookie_name.as_str(), ""))
-        .path(config.cookie_path.as_str())
-        .http_only(config.http_only)
-        .secure(config.secure)
-        .same_site(config.same_site.into())
-        .max_age(time::Duration::ZERO)
-        .expires(time::OffsetDateTime::UNIX_EPOCH);
-    if let Some(domain) = &config.cookie_domain {
-        cookie = cookie.domain(domain.as_str());
+    let mut out = String::with_capacity(config.cookie_name.len() + 128);
+    out.push_str(&config.cookie_name);
+    out.push('=');
+    attributes(config, &mut out);
+    out.push_str("; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
+    out
+}
+
+fn attributes(config: &Config, out: &mut String) {
+    if config.http_only {
+        out.push_str("; HttpOnly");
     }
-    cookie.build().to_string()
+    out.push_str(match config.same_site {
+        SameSite::Lax => "; SameSite=Lax",
+        SameSite::Strict => "; SameSite=Strict",
+        SameSite::None => "; SameSite=None",
+    });
+    if config.secure {
+        out.push_str("; Secure");
+    }
+    out.push_str("; Path=");
+    out.push_str(&config.cookie_path);
+    if let Some(domain) = &config.cookie_domain {
+        let domain = domain.trim_start_matches('.');
+        if !domain.is_empty() {
+            out.push_str("; Domain=");
+            out.push_str(domain);
+        }
+    }
+}
+
+/// Unix seconds as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), clamped
+/// to years 1970 to 9999.
+fn http_date(unix: i64, out: &mut String) {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // 9999-12-31T23:59:59Z
+    let unix = unix.clamp(0, 253_402_300_799);
+    let at =
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let (year, month, day) = at.to_calendar_date();
+    let (hour, minute, second) = at.to_hms();
+    let _ = write!(
+        out,
+        "{}, {day:02} {} {year:04} {hour:02}:{minute:02}:{second:02} GMT",
+        DAYS[usize::from(at.weekday().number_days_from_monday())],
+        MONTHS[usize::from(u8::from(month) - 1)],
+    );
 }
 
 #[cfg(test)]
@@ -76,7 +132,7 @@ mod tests {
             COOKIE,
             HeaderValue::from_bytes(b"name=J\xc3\xb6rg; s=third").expect("bytes"),
         );
-        let found: Vec<_> = values(&headers, "s").collect();
+        let found: Vec<_> = values(&headers, "s").map(text).collect();
         assert_eq!(found, ["first", "second", "", "third"]);
         assert_eq!(values(&headers, "missing").count(), 0);
     }
@@ -85,7 +141,61 @@ mod tests {
     fn tolerates_junk() {
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, HeaderValue::from_static(";;; = ;s; =x; s==; s=a=b"));
-        let found: Vec<_> = values(&headers, "s").collect();
+        let found: Vec<_> = values(&headers, "s").map(text).collect();
         assert_eq!(found, ["=", "a=b"]);
+    }
+
+    #[test]
+    fn http_dates() {
+        let cases = [
+            (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+            (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+            (-5, "Thu, 01 Jan 1970 00:00:00 GMT"),
+            (i64::MAX, "Fri, 31 Dec 9999 23:59:59 GMT"),
+        ];
+        for (unix, expected) in cases {
+            let mut out = String::new();
+            http_date(unix, &mut out);
+            assert_eq!(out, expected, "{unix}");
+        }
+    }
+
+    #[test]
+    fn set_cookie_parses_back_with_every_attribute() {
+        let config = Config {
+            cookie_domain: Some(".example.com".into()),
+            secure: true,
+            same_site: SameSite::Strict,
+            ..Config::default()
+        };
+        let before = keepsake_core::now();
+        let value = set(&config, "abc_-123", Some(90));
+        let parsed = cookie::Cookie::parse(value.as_str()).expect("parses");
+        assert_eq!(parsed.name(), config.cookie_name);
+        assert_eq!(parsed.value(), "abc_-123");
+        assert_eq!(parsed.http_only(), Some(true));
+        assert_eq!(parsed.secure(), Some(true));
+        assert_eq!(parsed.same_site(), Some(cookie::SameSite::Strict));
+        assert_eq!(parsed.path(), Some("/"));
+        assert_eq!(parsed.domain(), Some("example.com"));
+        assert_eq!(parsed.max_age(), Some(time::Duration::seconds(90)));
+        let expires = parsed.expires_datetime().expect("expires").unix_timestamp();
+        assert!((before + 90..=keepsake_core::now() + 90).contains(&expires));
+
+        let session_cookie =
+            cookie::Cookie::parse(set(&Config::default(), "x", None)).expect("parses");
+        assert_eq!(session_cookie.max_age(), None);
+        assert_eq!(session_cookie.expires(), None);
+        assert_eq!(session_cookie.secure(), Some(true));
+        assert_eq!(session_cookie.same_site(), Some(cookie::SameSite::Lax));
+
+        let removal = cookie::Cookie::parse(remove(&config)).expect("parses");
+        assert_eq!(removal.value(), "");
+        assert_eq!(removal.max_age(), Some(time::Duration::ZERO));
+        assert_eq!(
+            removal.expires_datetime().map(|t| t.unix_timestamp()),
+            Some(0)
+        );
     }
 }

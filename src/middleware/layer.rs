@@ -494,6 +494,6 @@ impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionService::new(inner, self.clone())
+        SessionService::new(inner, Arc::new(self.clone()))
     }
 }

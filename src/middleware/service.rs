@@ -25,7 +25,9 @@ use crate::cookie;
 #[derive(Clone)]
 pub struct SessionService<S> {
     inner: S,
-    layer: SessionLayer,
+    /// Shared by every request: one reference count per request, not one
+    /// per field.
+    layer: Arc<SessionLayer>,
 }
 
 impl<S> fmt::Debug for SessionService<S> {
@@ -37,13 +39,13 @@ impl<S> fmt::Debug for SessionService<S> {
 }
 
 impl<S> SessionService<S> {
-    pub(crate) fn new(inner: S, layer: SessionLayer) -> Self {
+    pub(crate) fn new(inner: S, layer: Arc<SessionLayer>) -> Self {
         Self { inner, layer }
     }
 }
 
 /// What the end of the request needs to know about its start.
-struct RequestInfo {
+pub(crate) struct RequestInfo {
     /// Where the id in use came from.
     source: SessionSource,
     /// The request's fingerprint, when sessions are bound.
@@ -56,8 +58,7 @@ struct RequestInfo {
 
 /// Loads the session of one request from what its cookie carried.
 struct RequestLoader {
-    store: Arc<dyn SessionStore>,
-    config: Arc<Config>,
+    layer: Arc<SessionLayer>,
     /// Server stores: the first well-formed id sent.
     id: Option<SessionId>,
     /// Client-side stores: every value of the session cookie, in order.
@@ -85,15 +86,16 @@ impl RequestLoader {
 #[async_trait]
 impl Loader for RequestLoader {
     async fn load(&self) -> Result<Session, Error> {
-        if let Some(client) = self.store.client_side() {
+        let store: &dyn SessionStore = &*self.layer.store;
+        if let Some(client) = store.client_side() {
             let opened = self.sealed.iter().find_map(|value| client.open(value));
             return Ok(opened.map_or_else(Session::new_detached, |(id, record)| {
-                self.check_binding(Session::from_record(id, &record))
+                self.check_binding(Session::from_loaded(id, record))
             }));
         }
         if let Some(id) = &self.id {
-            if let Some(record) = self.store.load(&id.storage_key()).await? {
-                return Ok(self.check_binding(Session::from_record(id.clone(), &record)));
+            if let Some(record) = store.load(&id.storage_key()).await? {
+                return Ok(self.check_binding(Session::from_loaded(id.clone(), record)));
             }
             tracing::debug!(session = %id, "unknown or expired session id; starting a new session");
         }
@@ -101,7 +103,7 @@ impl Loader for RequestLoader {
     }
 
     fn error_response(&self, error: &SessionFailure) -> Response {
-        error_response(&self.config, error)
+        error_response(&self.layer.config, error)
     }
 }
 
@@ -122,79 +124,78 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let layer = self.layer.clone();
+        let layer = Arc::clone(&self.layer);
         let (loader, info) = start(&layer, &request);
         let handle = SessionHandle::new(loader);
         request.extensions_mut().insert(handle.clone());
         request.extensions_mut().insert(info.source);
 
-        // The ready service is the one `poll_ready` was called on; leave the
-        // clone in its place (tower's "be careful when cloning" rule).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let future = handle.clone().scope(async move {
-            let response = inner.call(request).await?;
-            Ok(finish(&layer, &handle, info, response).await)
-        });
-        ResponseFuture {
-            inner: Box::pin(future),
-        }
+        // The inner service is called here, on the service `poll_ready` was
+        // called on; its future then runs with the handle as the current one.
+        let inner = handle.sync_scope(|| self.inner.call(request));
+        ResponseFuture::new(handle.scope(inner), layer, info)
     }
 }
 
 /// Reads what the request carries; touches no store.
-fn start<B>(layer: &SessionLayer, request: &Request<B>) -> (RequestLoader, RequestInfo) {
+fn start<B>(layer: &Arc<SessionLayer>, request: &Request<B>) -> (RequestLoader, RequestInfo) {
     let config = &layer.config;
     let headers = request.headers();
     let client_side = layer.store.client_side().is_some();
 
-    let from_cookie: Vec<&str> = if config.use_cookie {
-        cookie::values(headers, &config.cookie_name).collect()
-    } else {
-        Vec::new()
-    };
-    let from_header: Vec<&str> = config.id_header.as_ref().map_or_else(Vec::new, |name| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .collect()
-    });
-    let had_id = !from_cookie.is_empty() || !from_header.is_empty();
-    let (first, second) = match config.precedence {
-        SessionSource::Cookie => (
-            (SessionSource::Cookie, &from_cookie),
-            (SessionSource::Header, &from_header),
-        ),
-        _ => (
-            (SessionSource::Header, &from_header),
-            (SessionSource::Cookie, &from_cookie),
-        ),
-    };
-
+    // Server stores need the first well-formed id in precedence order; a
+    // client-side store tries every value it was sent. No list is built for
+    // the former: the common request pays for one parse.
     let mut id = None;
     let mut sealed = Vec::new();
     let mut source = SessionSource::None;
-    for (origin, values) in [first, second] {
+    let mut had_id = false;
+    let mut consider = |origin: SessionSource, value: &[u8]| {
+        had_id = true;
         if client_side {
-            if source == SessionSource::None && !values.is_empty() {
+            if source == SessionSource::None {
                 source = origin;
             }
-            sealed.extend(values.iter().map(|v| Box::<str>::from(*v)));
-        } else if id.is_none() {
-            id = values.iter().find_map(|v| SessionId::parse(v));
-            if id.is_some() {
-                source = origin;
+            sealed.push(Box::<str>::from(cookie::text(value)));
+        } else if id.is_none()
+            && let Some(parsed) = SessionId::parse_bytes(value)
+        {
+            id = Some(parsed);
+            source = origin;
+        }
+    };
+    let order = match config.precedence {
+        SessionSource::Cookie => [SessionSource::Cookie, SessionSource::Header],
+        _ => [SessionSource::Header, SessionSource::Cookie],
+    };
+    for origin in order {
+        match origin {
+            SessionSource::Cookie if config.use_cookie => {
+                for value in cookie::values(headers, &config.cookie_name) {
+                    consider(origin, value);
+                }
             }
+            SessionSource::Header => {
+                if let Some(name) = &config.id_header {
+                    let values = headers
+                        .get_all(name)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty());
+                    for value in values {
+                        consider(origin, value.as_bytes());
+                    }
+                }
+            }
+            _ => {}
         }
     }
     if had_id && !client_side && id.is_none() {
@@ -244,8 +245,7 @@ fn start<B>(layer: &SessionLayer, request: &Request<B>) -> (RequestLoader, Reque
         (None, None)
     };
     let loader = RequestLoader {
-        store: Arc::clone(&layer.store),
-        config: Arc::clone(&layer.config),
+        layer: Arc::clone(layer),
         id,
         sealed,
         fingerprint: fingerprint.clone(),
@@ -312,15 +312,12 @@ enum CookieAction {
 }
 
 /// After the handler: the session's one write, the cookie, the lottery.
-async fn finish(
+pub(crate) async fn finish(
     layer: &SessionLayer,
-    handle: &SessionHandle,
+    session: Session,
     info: RequestInfo,
     mut response: Response,
 ) -> Response {
-    let Some(session) = handle.loaded() else {
-        return response;
-    };
     let config = &layer.config;
     if response.status().is_server_error() && !config.save_on_server_error {
         return response;
@@ -391,29 +388,25 @@ fn set_id_header(config: &Config, response: &mut Response, value: &str) {
 /// handler chose its own caching.
 fn add_cache_headers(config: &Config, response: &mut Response) {
     let headers = response.headers_mut();
-    let mut vary: Vec<&str> = Vec::with_capacity(2);
-    if config.use_cookie {
-        vary.push("cookie");
+    let varies_on = |name: &str| {
+        headers
+            .get_all(VARY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|v| v == "*" || v.eq_ignore_ascii_case(name))
+    };
+    let cookie = config.use_cookie && !varies_on("cookie");
+    let header = config
+        .id_header
+        .as_ref()
+        .filter(|name| !varies_on(name.as_str()));
+    if cookie {
+        headers.append(VARY, HeaderValue::from_static("cookie"));
     }
-    if let Some(name) = &config.id_header {
-        vary.push(name.as_str());
-    }
-    let present: Vec<String> = headers
-        .get_all(VARY)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_ascii_lowercase())
-        .collect();
-    if !present.iter().any(|v| v == "*") {
-        for name in vary {
-            if !present.iter().any(|v| v == name) {
-                headers.append(
-                    VARY,
-                    HeaderValue::from_str(name).unwrap_or(HeaderValue::from_static("cookie")),
-                );
-            }
-        }
+    if let Some(name) = header {
+        headers.append(VARY, HeaderValue::from(name.clone()));
     }
     if !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
@@ -438,7 +431,7 @@ async fn commit(
     now: i64,
 ) -> Result<CookieAction, Error> {
     let config = &layer.config;
-    let store = &layer.store;
+    let store: &dyn SessionStore = &*layer.store;
     let client = store.client_side();
     let ctx = CommitContext {
         now,
@@ -449,14 +442,26 @@ async fn commit(
         user_agent: info.user_agent.clone(),
         client_side: client.is_some(),
     };
-    let _serialized = match (client, session.loaded_key()) {
-        (None, Some(key)) => Some(layer.commits.for_key(&key).lock().await),
+    let mut plan = session.commit_plan(&ctx);
+    // Writes to a stored record are serialized in this process, so the
+    // compare-and-swap conflicts only with other instances; reads, touches
+    // and new sessions take no lock.
+    let serialize = match &plan {
+        Commit::Save { record, .. } => Some(&record.key),
+        Commit::Create {
+            replaces: Some(old),
+            ..
+        } => Some(old),
+        _ => None,
+    };
+    let _serialized = match serialize {
+        Some(key) if client.is_none() => Some(layer.commits.for_key(key).lock().await),
         _ => None,
     };
     let mut collisions = 0;
     let mut attempts = 0;
     loop {
-        match session.commit_plan(&ctx) {
+        match plan {
             // An unknown id that led to nothing stored is left alone rather
             // than removed: the browser may meanwhile hold a newer cookie from
             // a concurrent response (a login in another tab), which a removal
@@ -559,6 +564,7 @@ async fn commit(
                 return Ok(CookieAction::Remove);
             }
         }
+        plan = session.commit_plan(&ctx);
     }
 }
 
@@ -571,7 +577,7 @@ async fn commit(
 /// the new record before the old one is retired again. Returns the new record
 /// as finally stored.
 async fn retire(
-    store: &Arc<dyn SessionStore>,
+    store: &dyn SessionStore,
     session: &Session,
     ctx: &CommitContext,
     old: keepsake_core::StorageKey,

@@ -37,12 +37,13 @@ pub trait Loader: Send + Sync + 'static {
 /// being served with [`SessionHandle::current`].
 #[derive(Clone)]
 pub struct SessionHandle {
-    inner: Arc<HandleInner>,
+    inner: Arc<HandleInner<dyn Loader>>,
 }
 
-struct HandleInner {
-    loader: Box<dyn Loader>,
+/// The loader sits inline, unsized last, so a handle is one allocation.
+struct HandleInner<L: ?Sized> {
     cell: OnceCell<Result<Session, SessionFailure>>,
+    loader: L,
 }
 
 tokio::task_local! {
@@ -64,8 +65,8 @@ impl SessionHandle {
     pub fn new(loader: impl Loader) -> Self {
         Self {
             inner: Arc::new(HandleInner {
-                loader: Box::new(loader),
                 cell: OnceCell::new(),
+                loader,
             }),
         }
     }
@@ -86,8 +87,8 @@ impl SessionHandle {
         }
         Self {
             inner: Arc::new(HandleInner {
-                loader: Box::new(Ready),
                 cell: OnceCell::new_with(Some(Ok(session))),
+                loader: Ready,
             }),
         }
     }
@@ -137,6 +138,12 @@ impl SessionHandle {
     #[doc(hidden)]
     pub fn scope<F: Future>(self, future: F) -> tokio::task::futures::TaskLocalFuture<Self, F> {
         CURRENT.scope(self, future)
+    }
+
+    /// Runs `f` with this handle as [`SessionHandle::current`].
+    #[doc(hidden)]
+    pub fn sync_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
     }
 
     fn error_response(&self, error: &SessionFailure) -> Response {

@@ -32,7 +32,7 @@ pub const STORAGE_KEY_LEN: usize = 64;
 /// assert!(!format!("{id:?}").contains(id.as_str()));
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SessionId(Box<str>);
+pub struct SessionId([u8; SESSION_ID_LEN]);
 
 impl SessionId {
     /// A fresh id from the operating system's CSPRNG.
@@ -43,11 +43,11 @@ impl SessionId {
     /// leaves no safe way to mint a credential.
     #[must_use]
     pub fn generate() -> Self {
-        Self(
-            URL_SAFE_NO_PAD
-                .encode(random_bytes::<32>())
-                .into_boxed_str(),
-        )
+        let mut out = [0u8; SESSION_ID_LEN];
+        match URL_SAFE_NO_PAD.encode_slice(random_bytes::<32>(), &mut out) {
+            Ok(SESSION_ID_LEN) => Self(out),
+            _ => unreachable!("32 bytes are 43 characters of unpadded base64url"),
+        }
     }
 
     /// Parses an id sent by a client. Anything but 43 characters of the
@@ -55,29 +55,37 @@ impl SessionId {
     /// malformed value never reaches a store.
     #[must_use]
     pub fn parse(value: &str) -> Option<Self> {
-        if value.len() != SESSION_ID_LEN || !value.bytes().all(is_base64url) {
-            return None;
-        }
-        // The last character carries 4 padding bits; a canonical encoding has
-        // them at zero. Decoding rejects the non-canonical ones.
-        let mut out = [0u8; 33];
-        match URL_SAFE_NO_PAD.decode_slice(value, &mut out) {
-            Ok(32) => Some(Self(value.into())),
-            _ => None,
-        }
+        Self::parse_bytes(value.as_bytes())
+    }
+
+    /// [`parse`](Self::parse) for the raw bytes of a header value, which
+    /// need no UTF-8 check first: only ASCII passes.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn parse_bytes(value: &[u8]) -> Option<Self> {
+        let bytes: &[u8; SESSION_ID_LEN] = value.try_into().ok()?;
+        // One table lookup per character; any invalid one sets the high bit.
+        let merged = bytes
+            .iter()
+            .fold(0u8, |acc, b| acc | BASE64URL[usize::from(*b)]);
+        // 43 characters carry 258 bits: the last character's two low bits
+        // are padding, zero in the canonical encoding. Checking them here
+        // is what decoding would check, without decoding.
+        let last = BASE64URL[usize::from(bytes[SESSION_ID_LEN - 1])];
+        (merged & INVALID == 0 && last & 0b11 == 0).then_some(Self(*bytes))
     }
 
     /// The id as sent in the cookie. Treat it as a secret.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only base64url characters are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The key stores keep this session under: the hex SHA-256 of the id.
     #[must_use]
     pub fn storage_key(&self) -> StorageKey {
-        let digest = Sha256::digest(self.0.as_bytes());
-        StorageKey(hex::encode(digest).into_boxed_str())
+        StorageKey::from_bytes(Sha256::digest(self.0).into())
     }
 }
 
@@ -105,8 +113,11 @@ impl fmt::Display for SessionId {
 /// assert_eq!(StorageKey::parse(key.as_str()), Some(key.clone()));
 /// assert_eq!(key.short().len(), 8);
 /// ```
+///
+/// Both types are held inline (no heap allocation), so cloning an id or a
+/// key is a copy.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StorageKey(Box<str>);
+pub struct StorageKey([u8; STORAGE_KEY_LEN]);
 
 impl StorageKey {
     /// Parses a storage key (for example one listed by
@@ -114,33 +125,49 @@ impl StorageKey {
     /// typed by an operator): exactly 64 lowercase hex characters.
     #[must_use]
     pub fn parse(value: &str) -> Option<Self> {
-        (value.len() == STORAGE_KEY_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| Self(value.into()))
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        value.as_bytes().try_into().ok().map(Self)
     }
 
     /// The key as stored: 64 lowercase hex characters, safe in a file name,
     /// a Redis key or an SQL parameter.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only lowercase hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// The key from its 32 raw bytes.
     #[must_use]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(hex::encode(bytes).into_boxed_str())
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; STORAGE_KEY_LEN];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        Self(out)
     }
 
     /// The 32 raw bytes of the key (for compact in-memory indexes).
     #[must_use]
     pub fn to_bytes(&self) -> [u8; 32] {
+        // A StorageKey holds lowercase hex digits by construction.
+        fn nibble(digit: u8) -> u8 {
+            if digit.is_ascii_digit() {
+                digit - b'0'
+            } else {
+                digit.wrapping_sub(b'a' - 10) & 0x0f
+            }
+        }
         let mut out = [0u8; 32];
-        // A StorageKey holds 64 hex characters by construction.
-        if hex::decode_to_slice(self.0.as_bytes(), &mut out).is_err() {
-            unreachable!("a StorageKey is always 64 hex characters");
+        for (byte, pair) in out.iter_mut().zip(self.0.chunks_exact(2)) {
+            *byte = (nibble(pair[0]) << 4) | nibble(pair[1]);
         }
         out
     }
@@ -148,7 +175,7 @@ impl StorageKey {
     /// The first 8 characters, for log lines.
     #[must_use]
     pub fn short(&self) -> &str {
-        &self.0[..8]
+        std::str::from_utf8(&self.0[..8]).unwrap_or_default()
     }
 }
 
@@ -160,13 +187,31 @@ impl fmt::Debug for StorageKey {
 
 impl fmt::Display for StorageKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
-fn is_base64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
-}
+/// Marks a byte outside the base64url alphabet in [`BASE64URL`].
+const INVALID: u8 = 0x80;
+
+/// The 6-bit value of every base64url character; [`INVALID`] for the rest.
+const BASE64URL: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' => 62,
+            b'_' => 63,
+            _ => INVALID,
+        };
+        i += 1;
+    }
+    table
+};
 
 /// `N` bytes from the operating system's CSPRNG.
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
@@ -217,6 +262,19 @@ mod tests {
         ];
         for value in bad {
             assert_eq!(SessionId::parse(&value), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn parse_agrees_with_a_strict_decoder_on_every_last_character() {
+        let body = SessionId::generate().as_str()[..42].to_owned();
+        for last in 0u8..=255 {
+            let Ok(candidate) = String::from_utf8([body.as_bytes(), &[last]].concat()) else {
+                continue;
+            };
+            let mut out = [0u8; 33];
+            let strict = matches!(URL_SAFE_NO_PAD.decode_slice(&candidate, &mut out), Ok(32));
+            assert_eq!(SessionId::parse(&candidate).is_some(), strict, "{last}");
         }
     }
 

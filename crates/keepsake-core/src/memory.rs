@@ -1,6 +1,7 @@
 //! [`MemoryStore`]: sessions in this process's memory.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -46,10 +47,43 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    users: Mutex<HashMap<Box<str>, HashSet<[u8; 32]>>>,
+    users: Mutex<HashMap<Box<str>, KeySet>>,
 }
 
-type Shard = HashMap<[u8; 32], Entry>;
+type Shard = HashMap<[u8; 32], Entry, KeyHash>;
+
+/// The raw storage keys of one user's sessions.
+type KeySet = HashSet<[u8; 32], KeyHash>;
+
+type KeyHash = BuildHasherDefault<KeyHasher>;
+
+/// Hashes a raw storage key by its first eight bytes.
+///
+/// The keys are SHA-256 digests of ids the server generated, so their bytes
+/// are already uniform. A client can look a key up but never make the store
+/// hold a key it chose, so it cannot pile entries into one bucket: the
+/// flooding that a keyed hash (SipHash, the default) guards against cannot
+/// happen here, and it would only cost time on every operation.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        for (slot, byte) in word.iter_mut().zip(bytes) {
+            *slot = *byte;
+        }
+        self.0 = self.0.rotate_left(29) ^ u64::from_le_bytes(word);
+    }
+
+    fn write_usize(&mut self, _length: usize) {
+        // The length prefix of a fixed-size key carries no information.
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -99,7 +133,7 @@ impl Entry {
         };
         Record {
             key,
-            payload: self.payload.to_string(),
+            payload: String::from(&*self.payload),
             last_activity: self.last_activity,
             expires_at: self.expires_at,
             version: self.version,
@@ -154,7 +188,8 @@ impl MemoryStore {
     }
 
     fn shard(&self, key: &[u8; 32]) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[usize::from(key[0]) % SHARDS])
+        // The last byte picks the shard; the first eight hash within it.
+        lock(&self.shards[usize::from(key[31]) % SHARDS])
     }
 
     /// Keeps the per-user index in step with one entry's owner. Called with the

@@ -57,12 +57,22 @@ struct Inner {
     /// The id changed (regenerate or invalidate): the base record is
     /// destroyed after the new one is stored.
     id_changed: bool,
+    /// `current` differs from the base for a reason other than `ops`: keys
+    /// stored with `put_for` expired between the save and this load.
+    purged_at_load: bool,
 }
 
+/// The record a session was loaded from, kept to tell whether the request
+/// changed anything. The payload is kept as the text that was stored rather
+/// than as a second decoded copy: most requests change nothing, and for them
+/// [`Session::commit_plan`] decides from the change set alone, without
+/// cloning, comparing or encoding the state.
 #[derive(Debug)]
 struct Base {
     key: StorageKey,
-    state: State,
+    /// The payload as stored.
+    payload: String,
+    user_id: Option<String>,
     version: i64,
     last_activity: i64,
     expires_at: i64,
@@ -312,10 +322,21 @@ impl State {
         self.purge_expired(now_ms);
     }
 
-    fn purge_expired(&mut self, now_ms: i64) {
+    /// True when [`age`](Self::age) at `now_ms` would change nothing: no
+    /// flash data, no flashed input, no `put_for` key due.
+    fn ages_to_itself(&self, now_ms: i64) -> bool {
+        let meta = &self.payload.meta;
+        meta.flash_new.is_empty()
+            && meta.flash_old.is_empty()
+            && meta.old_input.is_none()
+            && meta.expiring.values().all(|deadline| *deadline > now_ms)
+    }
+
+    /// Removes the `put_for` keys due at `now_ms`; true when there were any.
+    fn purge_expired(&mut self, now_ms: i64) -> bool {
         let meta = &mut self.payload.meta;
         if meta.expiring.is_empty() {
-            return;
+            return false;
         }
         let expired: Vec<String> = meta
             .expiring
@@ -323,10 +344,12 @@ impl State {
             .filter(|(_, deadline)| **deadline <= now_ms)
             .map(|(key, _)| key.clone())
             .collect();
+        let purged = !expired.is_empty();
         for key in expired {
             meta.expiring.remove(&key);
             path::remove(&mut self.payload.data, &key);
         }
+        purged
     }
 
     /// Nothing worth storing: no data, no token, no flash, no owner (a
@@ -984,6 +1007,14 @@ impl Session {
     #[doc(hidden)]
     #[must_use]
     pub fn from_record(id: SessionId, record: &Record) -> Self {
+        Self::from_loaded(id, record.clone())
+    }
+
+    /// [`from_record`](Self::from_record), taking the record: its payload
+    /// text is kept without a copy.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn from_loaded(id: SessionId, record: Record) -> Self {
         let payload = match Payload::decode(&record.payload) {
             Ok(payload) => payload,
             Err(error) => {
@@ -998,22 +1029,21 @@ impl Session {
                 }
             }
         };
-        let state = State {
+        let mut state = State {
             payload,
             user_id: record.user_id.clone(),
         };
+        let purged = state.purge_expired(now_millis());
         let base = Base {
-            key: record.key.clone(),
-            state: state.clone(),
+            key: record.key,
+            payload: record.payload,
+            user_id: record.user_id,
             version: record.version,
             last_activity: record.last_activity,
             expires_at: record.expires_at,
         };
         let session = Self::from_parts(id, Some(base), state, crate::now());
-        {
-            let mut inner = lock(&session.inner);
-            inner.current.purge_expired(now_millis());
-        }
+        lock(&session.inner).purged_at_load = purged;
         session
     }
 
@@ -1028,6 +1058,7 @@ impl Session {
                 current,
                 ops: Vec::new(),
                 id_changed: false,
+                purged_at_load: false,
             })),
         }
     }
@@ -1065,7 +1096,7 @@ impl Session {
         let reloaded = Self::from_record(lock(&self.inner).id.clone(), record);
         let mut fresh = lock(&reloaded.inner);
         let mut inner = lock(&self.inner);
-        let mut state = fresh.current.clone();
+        let mut state = std::mem::take(&mut fresh.current);
         for op in &inner.ops {
             if let Err(error) = state.apply(op) {
                 tracing::warn!(
@@ -1076,6 +1107,7 @@ impl Session {
         }
         inner.current = state;
         inner.base = fresh.base.take();
+        inner.purged_at_load = fresh.purged_at_load;
         true
     }
 
@@ -1085,9 +1117,19 @@ impl Session {
     #[doc(hidden)]
     #[must_use]
     pub fn commit_plan(&self, ctx: &CommitContext) -> Commit {
-        let mut inner = lock(&self.inner);
-        let mut state = inner.current.clone();
-        state.age(ctx.now.saturating_mul(1000).max(now_millis()));
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let now_ms = ctx.now.saturating_mul(1000).max(now_millis());
+        // The common request reads and changes nothing: decided from the
+        // change set alone, with no copy, comparison or encoding of the state.
+        let untouched = !inner.id_changed
+            && inner.ops.is_empty()
+            && !inner.purged_at_load
+            && inner.current.ages_to_itself(now_ms);
+        if !untouched {
+            inner.current.age(now_ms);
+        }
+        let state = &inner.current;
 
         let lifetime = state.payload.lifetime.unwrap_or(ctx.idle_lifetime);
         let lifetime = i64::try_from(lifetime).unwrap_or(i64::MAX);
@@ -1096,71 +1138,73 @@ impl Session {
             let absolute = i64::try_from(absolute).unwrap_or(i64::MAX);
             expires_at = expires_at.min(state.payload.created_at.saturating_add(absolute));
         }
-        let record = |key: StorageKey, version: i64, state: &State| -> Option<Record> {
-            let payload = match state.payload.encode() {
-                Ok(payload) => payload,
-                Err(error) => {
-                    tracing::error!(error = %crate::error::Report(&error), "session payload does not encode");
-                    return None;
-                }
-            };
-            Some(Record {
-                key,
-                payload,
-                last_activity: ctx.now,
-                expires_at,
-                version,
-                user_id: state.user_id.clone(),
-                ip_address: ctx.ip_address.clone(),
-                user_agent: ctx.user_agent.clone(),
-            })
+        let encode = |state: &State| match state.payload.encode() {
+            Ok(payload) => Some(payload),
+            Err(error) => {
+                tracing::error!(error = %crate::error::Report(&error), "session payload does not encode");
+                None
+            }
+        };
+        let record = |key: StorageKey, version: i64, payload: String| Record {
+            key,
+            payload,
+            last_activity: ctx.now,
+            expires_at,
+            version,
+            user_id: state.user_id.clone(),
+            ip_address: ctx.ip_address.clone(),
+            user_agent: ctx.user_agent.clone(),
         };
 
-        let plan = if inner.id_changed || inner.base.is_none() {
+        if inner.id_changed || inner.base.is_none() {
             let replaces = inner.base.as_ref().map(|b| b.key.clone());
             if state.is_empty() {
-                replaces.map_or(Commit::Nothing, |key| Commit::Destroy { key })
-            } else {
-                match record(inner.id.storage_key(), 1, &state) {
-                    Some(record) => Commit::Create { record, replaces },
-                    None => Commit::Nothing,
-                }
+                return replaces.map_or(Commit::Nothing, |key| Commit::Destroy { key });
             }
-        } else if let Some(base) = &inner.base {
-            if state != base.state {
-                match record(base.key.clone(), base.version + 1, &state) {
-                    Some(record) => Commit::Save {
-                        record,
-                        expected: base.version,
-                    },
-                    None => Commit::Nothing,
-                }
-            } else {
-                let stale = ctx.now.saturating_sub(base.last_activity)
-                    >= i64::try_from(ctx.touch_after).unwrap_or(i64::MAX);
-                if stale && expires_at != base.expires_at && ctx.client_side {
-                    match record(base.key.clone(), base.version + 1, &state) {
-                        Some(record) => Commit::Save {
-                            record,
-                            expected: base.version,
-                        },
-                        None => Commit::Nothing,
-                    }
-                } else if stale && expires_at != base.expires_at {
-                    Commit::Touch {
-                        key: base.key.clone(),
-                        last_activity: ctx.now,
-                        expires_at,
-                    }
-                } else {
-                    Commit::Nothing
-                }
+            return match encode(state) {
+                Some(payload) => Commit::Create {
+                    record: record(inner.id.storage_key(), 1, payload),
+                    replaces,
+                },
+                None => Commit::Nothing,
+            };
+        }
+        let Some(base) = &inner.base else {
+            return Commit::Nothing;
+        };
+        if !untouched {
+            let Some(payload) = encode(state) else {
+                return Commit::Nothing;
+            };
+            // Changes that cancel out (a put of the value already stored)
+            // leave the record as it is.
+            if payload != base.payload || state.user_id != base.user_id {
+                return Commit::Save {
+                    record: record(base.key.clone(), base.version + 1, payload),
+                    expected: base.version,
+                };
+            }
+        }
+        let stale = ctx.now.saturating_sub(base.last_activity)
+            >= i64::try_from(ctx.touch_after).unwrap_or(i64::MAX);
+        if !stale || expires_at == base.expires_at {
+            Commit::Nothing
+        } else if ctx.client_side {
+            // A cookie carries its expiry inside the seal: resealed.
+            match encode(state) {
+                Some(payload) => Commit::Save {
+                    record: record(base.key.clone(), base.version + 1, payload),
+                    expected: base.version,
+                },
+                None => Commit::Nothing,
             }
         } else {
-            Commit::Nothing
-        };
-        inner.current = state;
-        plan
+            Commit::Touch {
+                key: base.key.clone(),
+                last_activity: ctx.now,
+                expires_at,
+            }
+        }
     }
 
     /// After a successful create or save: the record is now the base, so a
@@ -1171,13 +1215,15 @@ impl Session {
         let mut inner = lock(&self.inner);
         inner.base = Some(Base {
             key: record.key.clone(),
-            state: inner.current.clone(),
+            payload: record.payload.clone(),
+            user_id: record.user_id.clone(),
             version: record.version,
             last_activity: record.last_activity,
             expires_at: record.expires_at,
         });
         inner.ops.clear();
         inner.id_changed = false;
+        inner.purged_at_load = false;
     }
 
     /// Ages flash data as the end of a request would, without a store: for
@@ -1185,18 +1231,19 @@ impl Session {
     pub fn end_request(&self) {
         let mut inner = lock(&self.inner);
         inner.current.age(now_millis());
-        let state = inner.current.clone();
         let key = inner.id.storage_key();
         let version = inner.base.as_ref().map_or(1, |b| b.version + 1);
         inner.base = Some(Base {
             key,
-            state,
+            payload: inner.current.payload.encode().unwrap_or_default(),
+            user_id: inner.current.user_id.clone(),
             version,
             last_activity: crate::now(),
             expires_at: i64::MAX,
         });
         inner.ops.clear();
         inner.id_changed = false;
+        inner.purged_at_load = false;
     }
 
     /// The binding fingerprint (hijacking mitigation), if any.
@@ -1220,5 +1267,151 @@ impl Session {
             .base
             .as_ref()
             .map(|b| (b.last_activity, b.expires_at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(now: i64) -> CommitContext {
+        CommitContext {
+            now,
+            idle_lifetime: 1_800,
+            absolute_lifetime: None,
+            touch_after: 60,
+            ip_address: None,
+            user_agent: None,
+            client_side: false,
+        }
+    }
+
+    /// A session as the layer would load it from a record holding `payload`.
+    fn loaded(payload: &Payload, user_id: Option<&str>, now: i64) -> Session {
+        let id = SessionId::generate();
+        let record = Record {
+            key: id.storage_key(),
+            payload: payload.encode().expect("encodes"),
+            last_activity: now,
+            expires_at: now + 1_800,
+            version: 7,
+            user_id: user_id.map(str::to_owned),
+            ip_address: None,
+            user_agent: None,
+        };
+        Session::from_loaded(id, record)
+    }
+
+    fn with_counter() -> Payload {
+        let mut payload = Payload {
+            created_at: 1_700_000_000,
+            ..Payload::default()
+        };
+        payload.data.insert("counter".into(), Value::from(3));
+        payload
+    }
+
+    #[test]
+    fn a_read_only_request_writes_nothing() {
+        let now = crate::now();
+        let session = loaded(&with_counter(), None, now);
+        assert_eq!(session.get::<i64>("counter").expect("reads"), Some(3));
+        assert!(matches!(
+            session.commit_plan(&context(now)),
+            Commit::Nothing
+        ));
+    }
+
+    #[test]
+    fn changes_that_cancel_out_write_nothing() {
+        let now = crate::now();
+        let session = loaded(&with_counter(), Some("ada"), now);
+        session.put("counter", 3).expect("puts");
+        session.set_user_id("ada");
+        session.increment("counter", 1i64).expect("increments");
+        session.decrement("counter", 1i64).expect("decrements");
+        assert!(session.is_modified());
+        assert!(matches!(
+            session.commit_plan(&context(now)),
+            Commit::Nothing
+        ));
+    }
+
+    #[test]
+    fn a_change_is_saved_against_the_loaded_version() {
+        let now = crate::now();
+        let session = loaded(&with_counter(), None, now);
+        session.increment("counter", 1i64).expect("increments");
+        let Commit::Save { record, expected } = session.commit_plan(&context(now)) else {
+            panic!("expected a save");
+        };
+        assert_eq!((expected, record.version), (7, 8));
+        let stored = Payload::decode(&record.payload).expect("decodes");
+        assert_eq!(stored.data.get("counter"), Some(&Value::from(4)));
+    }
+
+    #[test]
+    fn a_new_owner_alone_is_saved() {
+        let now = crate::now();
+        let session = loaded(&with_counter(), Some("ada"), now);
+        session.set_user_id("grace");
+        let Commit::Save { record, .. } = session.commit_plan(&context(now)) else {
+            panic!("expected a save");
+        };
+        assert_eq!(record.user_id.as_deref(), Some("grace"));
+    }
+
+    #[test]
+    fn flash_data_ages_on_a_request_that_changes_nothing() {
+        let now = crate::now();
+        let mut payload = with_counter();
+        payload.data.insert("status".into(), Value::from("saved"));
+        payload.meta.flash_new.push("status".into());
+        let session = loaded(&payload, None, now);
+        let Commit::Save { record, .. } = session.commit_plan(&context(now)) else {
+            panic!("the flash ages: expected a save");
+        };
+        let aged = Payload::decode(&record.payload).expect("decodes");
+        assert_eq!(aged.meta.flash_old, ["status"]);
+        assert!(aged.meta.flash_new.is_empty());
+
+        let next = loaded(&aged, None, now);
+        assert!(next.has("status"), "still readable on the next request");
+        let Commit::Save { record, .. } = next.commit_plan(&context(now)) else {
+            panic!("the flash goes: expected a save");
+        };
+        let gone = Payload::decode(&record.payload).expect("decodes");
+        assert!(gone.data.get("status").is_none());
+        assert!(gone.meta.flash_old.is_empty());
+    }
+
+    #[test]
+    fn a_put_for_key_due_at_load_is_removed_from_the_record() {
+        let now = crate::now();
+        let mut payload = with_counter();
+        payload.data.insert("code".into(), Value::from(1234));
+        payload
+            .meta
+            .expiring
+            .insert("code".into(), now_millis() - 1);
+        let session = loaded(&payload, None, now);
+        assert!(!session.has("code"));
+        assert!(!session.is_modified());
+        let Commit::Save { record, .. } = session.commit_plan(&context(now)) else {
+            panic!("expected a save");
+        };
+        let stored = Payload::decode(&record.payload).expect("decodes");
+        assert!(stored.data.get("code").is_none());
+        assert!(stored.meta.expiring.is_empty());
+    }
+
+    #[test]
+    fn a_stale_unchanged_session_is_touched() {
+        let now = crate::now();
+        let session = loaded(&with_counter(), None, now - 120);
+        let Commit::Touch { expires_at, .. } = session.commit_plan(&context(now)) else {
+            panic!("expected a touch");
+        };
+        assert_eq!(expires_at, now + 1_800);
     }
 }

@@ -1,6 +1,8 @@
 //! The [`SessionStore`] trait every backend implements.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -111,31 +113,85 @@ pub trait ClientSideStore: Send + Sync {
     fn seal(&self, id: &SessionId, record: &Record) -> Result<String>;
 }
 
-#[async_trait]
+/// The future of one store operation, as `#[async_trait]` methods return it.
+type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// A shared store is a store. The methods hand back the inner store's boxed
+/// future as it is (written out rather than through `#[async_trait]`, which
+/// would box it a second time on every call).
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
-    async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
-        (**self).load(key).await
+    fn load<'a, 'b, 'f>(&'a self, key: &'b StorageKey) -> StoreFuture<'f, Option<Record>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).load(key)
     }
-    async fn create(&self, record: &Record) -> Result<Cas> {
-        (**self).create(record).await
+    fn create<'a, 'b, 'f>(&'a self, record: &'b Record) -> StoreFuture<'f, Cas>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).create(record)
     }
-    async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas> {
-        (**self).save(record, expected_version).await
+    fn save<'a, 'b, 'f>(&'a self, record: &'b Record, expected_version: i64) -> StoreFuture<'f, Cas>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).save(record, expected_version)
     }
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
-        (**self).touch(key, last_activity, expires_at).await
+    fn touch<'a, 'b, 'f>(
+        &'a self,
+        key: &'b StorageKey,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> StoreFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).touch(key, last_activity, expires_at)
     }
-    async fn destroy(&self, key: &StorageKey) -> Result<()> {
-        (**self).destroy(key).await
+    fn destroy<'a, 'b, 'f>(&'a self, key: &'b StorageKey) -> StoreFuture<'f, ()>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).destroy(key)
     }
-    async fn gc(&self, now: i64) -> Result<u64> {
-        (**self).gc(now).await
+    fn gc<'a, 'f>(&'a self, now: i64) -> StoreFuture<'f, u64>
+    where
+        'a: 'f,
+        Self: 'f,
+    {
+        (**self).gc(now)
     }
-    async fn list_for_user(&self, user_id: &str) -> Result<Vec<SessionInfo>> {
-        (**self).list_for_user(user_id).await
+    fn list_for_user<'a, 'b, 'f>(&'a self, user_id: &'b str) -> StoreFuture<'f, Vec<SessionInfo>>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).list_for_user(user_id)
     }
-    async fn destroy_for_user(&self, user_id: &str, except: Option<&StorageKey>) -> Result<u64> {
-        (**self).destroy_for_user(user_id, except).await
+    fn destroy_for_user<'a, 'b, 'c, 'f>(
+        &'a self,
+        user_id: &'b str,
+        except: Option<&'c StorageKey>,
+    ) -> StoreFuture<'f, u64>
+    where
+        'a: 'f,
+        'b: 'f,
+        'c: 'f,
+        Self: 'f,
+    {
+        (**self).destroy_for_user(user_id, except)
     }
     fn kind(&self) -> &'static str {
         (**self).kind()
