@@ -1,7 +1,5 @@
 //! Reading the session cookie from a request and writing `Set-Cookie`.
 
-use std::fmt::Write as _;
-
 use http::HeaderMap;
 use http::header::COOKIE;
 
@@ -56,7 +54,9 @@ pub(crate) fn set(config: &Config, value: &str, max_age: Option<i64>) -> String 
     attributes(config, &mut out);
     if let Some(seconds) = max_age {
         let seconds = seconds.max(0);
-        let _ = write!(out, "; Max-Age={seconds}; Expires=");
+        out.push_str("; Max-Age=");
+        push_number(&mut out, seconds.unsigned_abs(), 1);
+        out.push_str("; Expires=");
         http_date(keepsake_core::now().saturating_add(seconds), &mut out);
     }
     out
@@ -108,12 +108,34 @@ fn http_date(unix: i64, out: &mut String) {
         time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let (year, month, day) = at.to_calendar_date();
     let (hour, minute, second) = at.to_hms();
-    let _ = write!(
-        out,
-        "{}, {day:02} {} {year:04} {hour:02}:{minute:02}:{second:02} GMT",
-        DAYS[usize::from(at.weekday().number_days_from_monday())],
-        MONTHS[usize::from(u8::from(month) - 1)],
-    );
+    out.push_str(DAYS[usize::from(at.weekday().number_days_from_monday())]);
+    out.push_str(", ");
+    push_number(out, u64::from(day), 2);
+    out.push(' ');
+    out.push_str(MONTHS[usize::from(u8::from(month) - 1)]);
+    out.push(' ');
+    push_number(out, u64::from(year.unsigned_abs()), 4);
+    out.push(' ');
+    push_number(out, u64::from(hour), 2);
+    out.push(':');
+    push_number(out, u64::from(minute), 2);
+    out.push(':');
+    push_number(out, u64::from(second), 2);
+    out.push_str(" GMT");
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits (this is
+/// on every response that writes a session, where `write!` costs more than
+/// the rest of the cookie).
+fn push_number(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while n > 0 || digits.len() - start < width {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend(digits[start..].iter().map(|d| char::from(*d)));
 }
 
 #[cfg(test)]
@@ -143,6 +165,23 @@ mod tests {
         headers.append(COOKIE, HeaderValue::from_static(";;; = ;s; =x; s==; s=a=b"));
         let found: Vec<_> = values(&headers, "s").map(text).collect();
         assert_eq!(found, ["=", "a=b"]);
+    }
+
+    #[test]
+    fn numbers() {
+        for (n, width, expected) in [
+            (0, 1, "0"),
+            (5, 2, "05"),
+            (42, 2, "42"),
+            (2026, 4, "2026"),
+            (7, 4, "0007"),
+            (1_209_600, 1, "1209600"),
+            (u64::MAX, 1, "18446744073709551615"),
+        ] {
+            let mut out = String::from("x");
+            push_number(&mut out, n, width);
+            assert_eq!(out, format!("x{expected}"));
+        }
     }
 
     #[test]

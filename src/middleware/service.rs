@@ -470,11 +470,9 @@ async fn commit(
             Commit::Create { record, replaces } => {
                 if let Some(client) = client {
                     let value = client.seal(&session.id(), &record)?;
-                    session.committed(&record);
-                    return Ok(CookieAction::Set {
-                        value,
-                        expires_at: record.expires_at,
-                    });
+                    let expires_at = record.expires_at;
+                    session.committed(record);
+                    return Ok(CookieAction::Set { value, expires_at });
                 }
                 let old_version = session.loaded_version();
                 match store.create(&record).await? {
@@ -485,10 +483,11 @@ async fn commit(
                             }
                             _ => record,
                         };
-                        session.committed(&record);
+                        let expires_at = record.expires_at;
+                        session.committed(record);
                         return Ok(CookieAction::Set {
                             value: session.id().as_str().to_owned(),
-                            expires_at: record.expires_at,
+                            expires_at,
                         });
                     }
                     Cas::Conflict => {
@@ -505,19 +504,18 @@ async fn commit(
             Commit::Save { record, expected } => {
                 if let Some(client) = client {
                     let value = client.seal(&session.id(), &record)?;
-                    session.committed(&record);
-                    return Ok(CookieAction::Set {
-                        value,
-                        expires_at: record.expires_at,
-                    });
+                    let expires_at = record.expires_at;
+                    session.committed(record);
+                    return Ok(CookieAction::Set { value, expires_at });
                 }
                 attempts += 1;
                 match store.save(&record, expected).await? {
                     Cas::Applied => {
-                        session.committed(&record);
+                        let expires_at = record.expires_at;
+                        session.committed(record);
                         return Ok(CookieAction::Set {
                             value: session.id().as_str().to_owned(),
-                            expires_at: record.expires_at,
+                            expires_at,
                         });
                     }
                     Cas::Conflict if attempts >= config.max_save_attempts => {

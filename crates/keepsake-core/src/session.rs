@@ -1211,12 +1211,12 @@ impl Session {
     /// second commit in the same request (not done by the layer) would diff
     /// against it.
     #[doc(hidden)]
-    pub fn committed(&self, record: &Record) {
+    pub fn committed(&self, record: Record) {
         let mut inner = lock(&self.inner);
         inner.base = Some(Base {
-            key: record.key.clone(),
-            payload: record.payload.clone(),
-            user_id: record.user_id.clone(),
+            key: record.key,
+            payload: record.payload,
+            user_id: record.user_id,
             version: record.version,
             last_activity: record.last_activity,
             expires_at: record.expires_at,
