@@ -422,12 +422,54 @@ pub(crate) fn limit(batch: u64) -> i64 {
 /// The builder methods and helpers every store has, and its `SessionStore`
 /// implementation. The store type must have the fields `pool`, `queries`
 /// (`Arc<Queries>`), `table`, `gc_batch_size` and `health`
-/// (`Option<Arc<Health>>`), and an inherent
-/// `async fn insert(&self, record: &Record) -> Result<Cas>`. `$text` is the
-/// backend's [`Text`] type.
+/// (`Option<Arc<Health>>`), and an inherent `fn table_ref(&self) -> String`
+/// (the quoted, possibly qualified, table name). `$dialect` is its
+/// [`Dialect`]; `$text` the backend's [`Text`] type.
 macro_rules! impl_store {
-    ($store:ident, $pool:ty, $kind:expr, $text:ty) => {
+    ($store:ident, $pool:ty, $kind:expr, $dialect:expr, $text:ty) => {
         impl $store {
+            /// Sets the table name. Defaults to `sessions`.
+            ///
+            /// # Errors
+            ///
+            /// [`Error::Config`] unless the name is 1 to 63 of `[A-Za-z0-9_]`.
+            pub fn with_table_name(mut self, name: &str) -> Result<Self> {
+                $crate::common::validate_name("table", name)?;
+                name.clone_into(&mut self.table);
+                self.rebuild();
+                Ok(self)
+            }
+
+            /// Renders the statements again after the table's name changed.
+            fn rebuild(&mut self) {
+                self.queries = Arc::new(Queries::new($dialect, &self.table_ref()));
+            }
+
+            /// The insert-if-absent of `create`. PostgreSQL and SQLite
+            /// replace an expired row in the same statement (`now` is bound
+            /// for that) and report a live one as 0 rows; MySQL reports it
+            /// as a duplicate key.
+            async fn insert(&self, record: &Record) -> Result<Cas> {
+                let mut query = sqlx::query(&self.queries.create)
+                    .bind(record.key.as_str())
+                    .bind(record.user_id.as_deref())
+                    .bind(record.ip_address.as_deref())
+                    .bind(record.user_agent.as_deref())
+                    .bind(record.payload.as_str())
+                    .bind(record.last_activity)
+                    .bind(record.expires_at)
+                    .bind(record.version);
+                if $dialect != Dialect::MySql {
+                    query = query.bind(keepsake_core::now());
+                }
+                match query.execute(&self.pool).await {
+                    Ok(done) if done.rows_affected() == 0 => Ok(Cas::Conflict),
+                    Ok(_) => Ok(Cas::Applied),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Cas::Conflict),
+                    Err(e) => Err(self.fail("create", e)),
+                }
+            }
+
             /// Wraps a failure of `operation`, and tells the pool's
             /// health check about it.
             fn fail(&self, operation: &'static str, error: sqlx::Error) -> Error {

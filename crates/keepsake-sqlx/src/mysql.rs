@@ -8,7 +8,7 @@ use sqlx::migrate::Migrator;
 
 use crate::common::{
     DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, pool_options,
-    render_migration, validate_name,
+    render_migration,
 };
 
 const KIND: &str = "mysql";
@@ -80,22 +80,13 @@ impl MySqlStore {
         Self {
             pool,
             table: DEFAULT_TABLE.to_owned(),
-            queries: Arc::new(queries(DEFAULT_TABLE)),
+            queries: Arc::new(Queries::new(
+                Dialect::MySql,
+                &Dialect::MySql.quote(DEFAULT_TABLE),
+            )),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }
-    }
-
-    /// Sets the table name. Defaults to `sessions`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] unless the name is 1 to 63 of `[A-Za-z0-9_]`.
-    pub fn with_table_name(mut self, name: &str) -> Result<Self> {
-        validate_name("table", name)?;
-        name.clone_into(&mut self.table);
-        self.queries = Arc::new(queries(name));
-        Ok(self)
     }
 
     /// Creates the table with its indexes, or brings an existing table up to
@@ -117,31 +108,12 @@ impl MySqlStore {
         Ok(())
     }
 
-    async fn insert(&self, record: &Record) -> Result<Cas> {
-        let result = sqlx::query(&self.queries.create)
-            .bind(record.key.as_str())
-            .bind(record.user_id.as_deref())
-            .bind(record.ip_address.as_deref())
-            .bind(record.user_agent.as_deref())
-            .bind(record.payload.as_str())
-            .bind(record.last_activity)
-            .bind(record.expires_at)
-            .bind(record.version)
-            .execute(&self.pool)
-            .await;
-        match result {
-            Ok(_) => Ok(Cas::Applied),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Cas::Conflict),
-            Err(e) => Err(self.fail("create", e)),
-        }
+    fn table_ref(&self) -> String {
+        Dialect::MySql.quote(&self.table)
     }
 }
 
-fn queries(table: &str) -> Queries {
-    Queries::new(Dialect::MySql, &Dialect::MySql.quote(table))
-}
-
-impl_store!(MySqlStore, MySqlPool, KIND, Vec<u8>);
+impl_store!(MySqlStore, MySqlPool, KIND, Dialect::MySql, Vec<u8>);
 
 #[cfg(test)]
 mod tests {

@@ -83,18 +83,6 @@ impl PostgresStore {
         }
     }
 
-    /// Sets the table name. Defaults to `sessions`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] unless the name is 1 to 63 of `[A-Za-z0-9_]`.
-    pub fn with_table_name(mut self, name: &str) -> Result<Self> {
-        validate_name("table", name)?;
-        name.clone_into(&mut self.table);
-        self.rebuild();
-        Ok(self)
-    }
-
     /// Sets the schema the table lives in. Defaults to none: the table is
     /// found through the connection's `search_path` (normally `public`).
     /// [`migrate`](Self::migrate) creates the schema when it is missing.
@@ -164,32 +152,6 @@ impl PostgresStore {
     fn table_ref(&self) -> String {
         table_ref(self.schema.as_deref(), &self.table)
     }
-
-    fn rebuild(&mut self) {
-        self.queries = Arc::new(Queries::new(Dialect::Postgres, &self.table_ref()));
-    }
-
-    async fn insert(&self, record: &Record) -> Result<Cas> {
-        let rows = sqlx::query(&self.queries.create)
-            .bind(record.key.as_str())
-            .bind(record.user_id.as_deref())
-            .bind(record.ip_address.as_deref())
-            .bind(record.user_agent.as_deref())
-            .bind(record.payload.as_str())
-            .bind(record.last_activity)
-            .bind(record.expires_at)
-            .bind(record.version)
-            .bind(keepsake_core::now())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.fail("create", e))?
-            .rows_affected();
-        Ok(if rows == 0 {
-            Cas::Conflict
-        } else {
-            Cas::Applied
-        })
-    }
 }
 
 /// The quoted, schema-qualified table name.
@@ -201,7 +163,7 @@ fn table_ref(schema: Option<&str>, table: &str) -> String {
     }
 }
 
-impl_store!(PostgresStore, PgPool, KIND, String);
+impl_store!(PostgresStore, PgPool, KIND, Dialect::Postgres, String);
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::common::{
     DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, render_migration,
-    validate_name,
 };
 
 const KIND: &str = "sqlite";
@@ -93,22 +92,13 @@ impl SqliteStore {
         Self {
             pool,
             table: DEFAULT_TABLE.to_owned(),
-            queries: Arc::new(queries(DEFAULT_TABLE)),
+            queries: Arc::new(Queries::new(
+                Dialect::Sqlite,
+                &Dialect::Sqlite.quote(DEFAULT_TABLE),
+            )),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }
-    }
-
-    /// Sets the table name. Defaults to `sessions`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] unless the name is 1 to 63 of `[A-Za-z0-9_]`.
-    pub fn with_table_name(mut self, name: &str) -> Result<Self> {
-        validate_name("table", name)?;
-        name.clone_into(&mut self.table);
-        self.queries = Arc::new(queries(name));
-        Ok(self)
     }
 
     /// Creates the table and its indexes, or brings an existing table up to
@@ -130,31 +120,9 @@ impl SqliteStore {
         tx.commit().await.map_err(fail)
     }
 
-    async fn insert(&self, record: &Record) -> Result<Cas> {
-        let rows = sqlx::query(&self.queries.create)
-            .bind(record.key.as_str())
-            .bind(record.user_id.as_deref())
-            .bind(record.ip_address.as_deref())
-            .bind(record.user_agent.as_deref())
-            .bind(record.payload.as_str())
-            .bind(record.last_activity)
-            .bind(record.expires_at)
-            .bind(record.version)
-            .bind(keepsake_core::now())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.fail("create", e))?
-            .rows_affected();
-        Ok(if rows == 0 {
-            Cas::Conflict
-        } else {
-            Cas::Applied
-        })
+    fn table_ref(&self) -> String {
+        Dialect::Sqlite.quote(&self.table)
     }
-}
-
-fn queries(table: &str) -> Queries {
-    Queries::new(Dialect::Sqlite, &Dialect::Sqlite.quote(table))
 }
 
 /// True for the URL forms sqlx opens as an in-memory database.
@@ -162,7 +130,7 @@ fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
-impl_store!(SqliteStore, SqlitePool, KIND, String);
+impl_store!(SqliteStore, SqlitePool, KIND, Dialect::Sqlite, String);
 
 #[cfg(test)]
 mod tests {
