@@ -1077,13 +1077,6 @@ impl Session {
         lock(&self.inner).base.as_ref().map(|b| b.version)
     }
 
-    /// The storage key of the record this session was loaded from.
-    #[doc(hidden)]
-    #[must_use]
-    pub fn loaded_key(&self) -> Option<StorageKey> {
-        lock(&self.inner).base.as_ref().map(|b| b.key.clone())
-    }
-
     /// Replaces the base with a newer version of the record and replays this
     /// request's change set on top of it. Returns `false` when the record is
     /// gone (destroyed or expired meanwhile): the session must not be
@@ -1257,16 +1250,6 @@ impl Session {
     #[doc(hidden)]
     pub fn set_binding(&self, binding: Option<String>) {
         let _ = self.mutate(Op::SetBinding(binding));
-    }
-
-    /// The state's expiry information as loaded: `(last_activity, expires_at)`.
-    #[doc(hidden)]
-    #[must_use]
-    pub fn loaded_times(&self) -> Option<(i64, i64)> {
-        lock(&self.inner)
-            .base
-            .as_ref()
-            .map(|b| (b.last_activity, b.expires_at))
     }
 }
 
