@@ -257,6 +257,32 @@ impl RedisStore {
     }
 
     /// Reads several sessions' fields in one round trip.
+    /// The `CREATE` or `SAVE` script's invocation for `record`: its key and
+    /// record arguments, and the owner's index. On a single node the index
+    /// set is the script's second key, so the script adds the entry; on a
+    /// cluster the set lives in another slot and the entry is added first,
+    /// by a separate command, so a failure leaves nothing unindexed (at
+    /// worst an entry that listing later drops).
+    async fn invocation(
+        &self,
+        script: &'static redis::Script,
+        record: &Record,
+    ) -> RedisResult<ScriptInvocation<'static>> {
+        let now_ms = now_millis();
+        let exp_ms = millis(record.expires_at);
+        let mut invocation = script.key(self.session_key(&record.key));
+        if let Some(owner) = &record.user_id {
+            let set = self.user_key(owner.as_bytes());
+            if self.is_cluster() {
+                self.index(&set, &record.key, exp_ms, now_ms).await?;
+            } else {
+                invocation.key(&set);
+            }
+        }
+        record_args(&mut invocation, record, exp_ms, now_ms);
+        Ok(invocation)
+    }
+
     async fn load_many(&self, keys: &[StorageKey]) -> RedisResult<Vec<Vec<Option<Vec<u8>>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -421,23 +447,10 @@ impl SessionStore for RedisStore {
     /// expired is answered [`Cas::Applied`] and not written.
     async fn create(&self, record: &Record) -> Result<Cas> {
         let fail = |e: RedisError| Error::backend(KIND, "create", e);
-        let now_ms = now_millis();
-        let exp_ms = millis(record.expires_at);
-        let key = self.session_key(&record.key);
-        let mut invocation = scripts::CREATE.key(&key);
-        if let Some(owner) = &record.user_id {
-            let set = self.user_key(owner.as_bytes());
-            if self.is_cluster() {
-                // Another slot: index first, so a failure here leaves nothing
-                // unindexed (at worst an entry that listing later drops).
-                self.index(&set, &record.key, exp_ms, now_ms)
-                    .await
-                    .map_err(fail)?;
-            } else {
-                invocation.key(&set);
-            }
-        }
-        record_args(&mut invocation, record, exp_ms, now_ms);
+        let invocation = self
+            .invocation(&scripts::CREATE, record)
+            .await
+            .map_err(fail)?;
         let applied: i64 = invocation
             .invoke_async(&mut self.conn())
             .await
@@ -455,21 +468,10 @@ impl SessionStore for RedisStore {
     /// the previous owner's index.
     async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas> {
         let fail = |e: RedisError| Error::backend(KIND, "save", e);
-        let now_ms = now_millis();
-        let exp_ms = millis(record.expires_at);
-        let key = self.session_key(&record.key);
-        let mut invocation = scripts::SAVE.key(&key);
-        if let Some(owner) = &record.user_id {
-            let set = self.user_key(owner.as_bytes());
-            if self.is_cluster() {
-                self.index(&set, &record.key, exp_ms, now_ms)
-                    .await
-                    .map_err(fail)?;
-            } else {
-                invocation.key(&set);
-            }
-        }
-        record_args(&mut invocation, record, exp_ms, now_ms);
+        let mut invocation = self
+            .invocation(&scripts::SAVE, record)
+            .await
+            .map_err(fail)?;
         invocation.arg(expected_version);
         let reply: Vec<Value> = invocation
             .invoke_async(&mut self.conn())
