@@ -291,17 +291,7 @@ fn fingerprint(binding: super::Binding, ip: Option<&str>, agent: Option<&str>) -
                 .as_bytes(),
         );
     }
-    hex_encode(&hasher.finalize()[..16])
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// What to do with the session cookie.
