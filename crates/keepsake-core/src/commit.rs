@@ -576,3 +576,430 @@ async fn retire_inner(
         attempts: MAX_RETIRE_ATTEMPTS,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! One test per interleaving that lost or corrupted data before the
+    //! protocol lived here (docs/semantics.md), driven without HTTP: two
+    //! "requests" are two sessions loaded from one store, committed in the
+    //! order each test names.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::record::{Payload, SessionInfo};
+    use crate::{MemoryStore, SessionId};
+
+    fn ctx() -> CommitContext {
+        CommitContext::new(crate::now())
+    }
+
+    /// Stores a session holding `data` (and, when given, flash keys in
+    /// `old`) and returns its id.
+    async fn seed(store: &dyn SessionStore, data: Value, old: &[&str]) -> SessionId {
+        let id = SessionId::generate();
+        let mut payload = Payload {
+            created_at: crate::now() - 10,
+            ..Payload::default()
+        };
+        payload.data = data.as_object().cloned().unwrap_or_default();
+        payload.meta.flash_old = old.iter().map(|k| (*k).to_owned()).collect();
+        let now = crate::now();
+        let record = Record {
+            key: id.storage_key(),
+            payload: payload.encode().unwrap(),
+            last_activity: now - 120,
+            expires_at: now + 3_600,
+            version: 1,
+            user_id: None,
+            ip_address: None,
+            user_agent: None,
+        };
+        assert!(store.create(&record).await.unwrap().is_applied());
+        id
+    }
+
+    async fn load(store: &dyn SessionStore, id: &SessionId) -> Session {
+        let record = store
+            .load(&id.storage_key())
+            .await
+            .unwrap()
+            .expect("stored");
+        Session::from_loaded(id.clone(), record)
+    }
+
+    async fn stored(store: &dyn SessionStore, id: &SessionId) -> Option<Payload> {
+        let record = store.load(&id.storage_key()).await.unwrap()?;
+        Some(Payload::decode(&record.payload).unwrap())
+    }
+
+    async fn run(session: &Session, store: &dyn SessionStore) -> Result<Outcome> {
+        commit(session, store, &CommitLocks::default(), &ctx()).await
+    }
+
+    #[tokio::test]
+    async fn a_flash_saved_meanwhile_is_not_aged_away_unseen() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"n": 1}), &[]).await;
+        let a = load(&store, &id).await;
+        let b = load(&store, &id).await;
+        a.put("x", 1).unwrap();
+        b.flash("status", "saved").unwrap();
+        run(&b, &store).await.unwrap();
+        run(&a, &store).await.unwrap();
+        let payload = stored(&store, &id).await.unwrap();
+        assert_eq!(payload.data.get("status"), Some(&json!("saved")));
+        assert_eq!(payload.meta.flash_old, ["status"], "shown on the next page");
+        assert_eq!(payload.data.get("x"), Some(&json!(1)));
+    }
+
+    #[tokio::test]
+    async fn a_replayed_pull_never_removes_a_value_it_did_not_read() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"notice": "Welcome"}), &[]).await;
+        let a = load(&store, &id).await;
+        let b = load(&store, &id).await;
+        assert_eq!(
+            a.pull::<String>("notice").unwrap().as_deref(),
+            Some("Welcome")
+        );
+        b.put("notice", "Saved").unwrap();
+        run(&b, &store).await.unwrap();
+        let error = run(&a, &store).await.unwrap_err();
+        assert!(
+            matches!(&error, Error::Stale { key } if key == "notice"),
+            "{error}"
+        );
+        assert_eq!(error.status(), http::StatusCode::CONFLICT);
+        let payload = stored(&store, &id).await.unwrap();
+        assert_eq!(payload.data.get("notice"), Some(&json!("Saved")));
+
+        // Still the value it returned: the pull applies.
+        let c = load(&store, &id).await;
+        let d = load(&store, &id).await;
+        assert_eq!(
+            c.pull::<String>("notice").unwrap().as_deref(),
+            Some("Saved")
+        );
+        d.put("other", 1).unwrap();
+        run(&d, &store).await.unwrap();
+        run(&c, &store).await.unwrap();
+        let payload = stored(&store, &id).await.unwrap();
+        assert_eq!(payload.data.get("notice"), None);
+        assert_eq!(payload.data.get("other"), Some(&json!(1)));
+    }
+
+    #[tokio::test]
+    async fn a_touch_of_a_retired_id_sends_no_id() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"n": 1}), &[]).await;
+        let reader = load(&store, &id).await;
+        let login = load(&store, &id).await;
+        login.regenerate();
+        assert!(matches!(
+            run(&login, &store).await.unwrap(),
+            Outcome::Send { .. }
+        ));
+        let touch = CommitContext {
+            touch_after: 0,
+            ..ctx()
+        };
+        let plan = plan(&reader, &touch, false).unwrap();
+        assert!(
+            matches!(plan, Plan::Touch { .. }),
+            "a touch is due: {plan:?}"
+        );
+        let outcome = commit(&reader, &store, &CommitLocks::default(), &touch).await;
+        assert_eq!(outcome.unwrap(), Outcome::Keep, "no dead id handed back");
+    }
+
+    #[tokio::test]
+    async fn a_touch_never_shortens_a_lifetime_set_meanwhile() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"n": 1}), &[]).await;
+        let reader = load(&store, &id).await;
+        let remember = load(&store, &id).await;
+        remember.set_lifetime(Duration::from_secs(30 * 86_400));
+        run(&remember, &store).await.unwrap();
+        let long = store
+            .load(&id.storage_key())
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at;
+        let touch = CommitContext {
+            touch_after: 0,
+            ..ctx()
+        };
+        let outcome = commit(&reader, &store, &CommitLocks::default(), &touch).await;
+        assert_eq!(outcome.unwrap(), Outcome::Keep);
+        let after = store.load(&id.storage_key()).await.unwrap().unwrap();
+        assert_eq!(after.expires_at, long, "the 30-day expiry stays");
+    }
+
+    #[tokio::test]
+    async fn a_write_after_a_login_retired_the_record_fails_with_409() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"cart": []}), &[]).await;
+        let tab = load(&store, &id).await;
+        let login = load(&store, &id).await;
+        login.regenerate();
+        login.set_user_id("ada");
+        run(&login, &store).await.unwrap();
+        tab.push("cart", "book").unwrap();
+        let error = run(&tab, &store).await.unwrap_err();
+        assert!(matches!(error, Error::Ended), "{error}");
+        assert_eq!(error.status(), http::StatusCode::CONFLICT);
+        assert!(stored(&store, &id).await.is_none(), "never resurrected");
+        let new = stored(&store, &login.id()).await.unwrap();
+        assert_eq!(new.data.get("cart"), Some(&json!([])));
+    }
+
+    #[tokio::test]
+    async fn a_write_that_lands_during_a_login_is_carried_into_the_new_session() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"cart": []}), &[]).await;
+        let tab = load(&store, &id).await;
+        let login = load(&store, &id).await;
+        tab.push("cart", "book").unwrap();
+        run(&tab, &store).await.unwrap();
+        login.regenerate();
+        run(&login, &store).await.unwrap();
+        let new = stored(&store, &login.id()).await.unwrap();
+        assert_eq!(new.data.get("cart"), Some(&json!(["book"])));
+        assert!(stored(&store, &id).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_write_after_a_logout_fails_with_409_and_removes_nothing() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"n": 1}), &[]).await;
+        let tab = load(&store, &id).await;
+        let logout = load(&store, &id).await;
+        logout.invalidate();
+        assert_eq!(run(&logout, &store).await.unwrap(), Outcome::Remove);
+        tab.put("n", 2).unwrap();
+        assert!(matches!(run(&tab, &store).await, Err(Error::Ended)));
+        assert!(stored(&store, &id).await.is_none());
+    }
+
+    /// Answers `Conflict` to the first `create`, as a store would for an id
+    /// that is taken.
+    #[derive(Debug)]
+    struct CollidesOnce(MemoryStore, AtomicBool);
+
+    #[async_trait]
+    impl SessionStore for CollidesOnce {
+        async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
+            self.0.load(key).await
+        }
+        async fn create(&self, record: &Record) -> Result<Cas> {
+            if self.1.swap(false, Ordering::SeqCst) {
+                return Ok(Cas::Conflict);
+            }
+            self.0.create(record).await
+        }
+        async fn save(&self, record: &Record, expected: i64) -> Result<Cas> {
+            self.0.save(record, expected).await
+        }
+        async fn touch(&self, key: &StorageKey, v: i64, last: i64, exp: i64) -> Result<Cas> {
+            self.0.touch(key, v, last, exp).await
+        }
+        async fn destroy(&self, key: &StorageKey) -> Result<()> {
+            self.0.destroy(key).await
+        }
+        async fn gc(&self, now: i64) -> Result<u64> {
+            self.0.gc(now).await
+        }
+        async fn list_for_user(&self, user: &str) -> Result<Vec<SessionInfo>> {
+            self.0.list_for_user(user).await
+        }
+        async fn destroy_for_user(&self, user: &str, except: Option<&StorageKey>) -> Result<u64> {
+            self.0.destroy_for_user(user, except).await
+        }
+        fn kind(&self) -> &'static str {
+            "collides-once"
+        }
+    }
+
+    #[tokio::test]
+    async fn an_id_collision_ages_flash_data_once() {
+        let store = CollidesOnce(MemoryStore::new(), AtomicBool::new(true));
+        let session = Session::new_detached();
+        let first_id = session.id();
+        session.flash("status", "welcome").unwrap();
+        run(&session, &store).await.unwrap();
+        assert_ne!(session.id(), first_id, "a fresh id after the collision");
+        let payload = stored(&store, &session.id()).await.unwrap();
+        assert_eq!(payload.data.get("status"), Some(&json!("welcome")));
+        assert_eq!(payload.meta.flash_old, ["status"], "aged once, shown next");
+    }
+
+    #[tokio::test]
+    async fn invalidate_starts_a_new_clock_and_migrate_keeps_it() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"n": 1}), &[]).await;
+        let absolute = CommitContext {
+            absolute_lifetime: Some(60),
+            ..ctx()
+        };
+        let migrated = load(&store, &id).await;
+        let created = migrated.created_at();
+        migrated.migrate();
+        commit(&migrated, &store, &CommitLocks::default(), &absolute)
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(&store, &migrated.id()).await.unwrap().created_at,
+            created
+        );
+
+        let logout = load(&store, &migrated.id()).await;
+        logout.invalidate();
+        logout.put("bye", true).unwrap();
+        let Outcome::Send { expires_at, .. } =
+            commit(&logout, &store, &CommitLocks::default(), &absolute)
+                .await
+                .unwrap()
+        else {
+            panic!("the new session is stored");
+        };
+        let fresh = stored(&store, &logout.id()).await.unwrap();
+        assert!(fresh.created_at >= absolute.now, "a new clock");
+        assert_eq!(
+            expires_at,
+            fresh.created_at + 60,
+            "the whole absolute lifetime"
+        );
+    }
+
+    #[tokio::test]
+    async fn migrate_keeps_data_and_token_and_regenerate_rotates_the_token() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"user": "ada"}), &[]).await;
+        let session = load(&store, &id).await;
+        let token = session.token();
+        run(&session, &store).await.unwrap();
+        let session = load(&store, &id).await;
+        session.migrate();
+        run(&session, &store).await.unwrap();
+        assert_ne!(session.id(), id);
+        assert!(
+            stored(&store, &id).await.is_none(),
+            "the old record is retired"
+        );
+        let moved = stored(&store, &session.id()).await.unwrap();
+        assert_eq!(moved.data.get("user"), Some(&json!("ada")));
+        assert_eq!(moved.meta.token.as_deref(), Some(token.as_str()));
+
+        let again = load(&store, &session.id()).await;
+        again.regenerate();
+        run(&again, &store).await.unwrap();
+        let rotated = stored(&store, &again.id()).await.unwrap();
+        assert_eq!(rotated.data.get("user"), Some(&json!("ada")));
+        assert_ne!(rotated.meta.token.as_deref(), Some(token.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_value_too_deep_to_read_back_is_refused_at_write_time() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"login": "ada"}), &[]).await;
+        let session = load(&store, &id).await;
+        let mut deep = json!(1);
+        for _ in 0..crate::MAX_DEPTH {
+            deep = json!({ "x": deep });
+        }
+        assert!(matches!(
+            session.put("deep", &deep),
+            Err(Error::TooDeep { .. })
+        ));
+        let long_path = vec!["p"; crate::MAX_DEPTH + 1].join(".");
+        assert!(matches!(
+            session.put(&long_path, 1),
+            Err(Error::TooDeep { .. })
+        ));
+        assert!(!session.is_modified(), "the session is unchanged");
+        // At the limit it stores and loads back.
+        let mut ok = json!(1);
+        for _ in 0..crate::MAX_DEPTH - 1 {
+            ok = json!([ok]);
+        }
+        session.put("ok", &ok).unwrap();
+        run(&session, &store).await.unwrap();
+        let back = load(&store, &id).await;
+        assert_eq!(back.get::<String>("login").unwrap().as_deref(), Some("ada"));
+        assert_eq!(back.get::<Value>("ok").unwrap(), Some(ok));
+    }
+
+    #[tokio::test]
+    async fn an_explicit_previous_url_is_stored_on_an_otherwise_empty_session() {
+        let store = MemoryStore::new();
+        let session = Session::new_detached();
+        session.set_previous_url("/cart");
+        assert!(matches!(
+            run(&session, &store).await.unwrap(),
+            Outcome::Send { .. }
+        ));
+        let payload = stored(&store, &session.id()).await.unwrap();
+        assert_eq!(payload.meta.previous_url.as_deref(), Some("/cart"));
+
+        let tracked = Session::new_detached();
+        tracked.track_previous_url("/page");
+        assert_eq!(run(&tracked, &store).await.unwrap(), Outcome::Keep);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_op_that_no_longer_applies_fails_the_commit() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"tags": []}), &[]).await;
+        let a = load(&store, &id).await;
+        let b = load(&store, &id).await;
+        a.push("tags", "x").unwrap();
+        b.put("tags", "now a string").unwrap();
+        run(&b, &store).await.unwrap();
+        let error = run(&a, &store).await.unwrap_err();
+        assert!(matches!(error, Error::Replay { .. }), "{error}");
+        assert_eq!(error.status(), http::StatusCode::CONFLICT);
+        assert_eq!(
+            stored(&store, &id).await.unwrap().data.get("tags"),
+            Some(&json!("now a string"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_user_id_over_255_bytes_is_refused_before_any_write() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({}), &[]).await;
+        let session = load(&store, &id).await;
+        session.set_user_id("u".repeat(MAX_USER_ID_LEN + 1));
+        let error = run(&session, &store).await.unwrap_err();
+        assert!(
+            matches!(error, Error::UserIdTooLong { len: 256, .. }),
+            "{error}"
+        );
+        let record = store.load(&id.storage_key()).await.unwrap().unwrap();
+        assert_eq!((record.version, record.user_id), (1, None));
+    }
+
+    #[tokio::test]
+    async fn concurrent_increments_add_up_and_distinct_keys_both_land() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"n": 0}), &[]).await;
+        let a = load(&store, &id).await;
+        let b = load(&store, &id).await;
+        a.increment("n", 1i64).unwrap();
+        a.put("a", true).unwrap();
+        b.increment("n", 1i64).unwrap();
+        b.put("b", true).unwrap();
+        run(&b, &store).await.unwrap();
+        run(&a, &store).await.unwrap();
+        let payload = stored(&store, &id).await.unwrap();
+        assert_eq!(payload.data.get("n"), Some(&json!(2)));
+        assert_eq!(payload.data.get("a"), Some(&json!(true)));
+        assert_eq!(payload.data.get("b"), Some(&json!(true)));
+    }
+}
