@@ -732,10 +732,11 @@ async fn lottery_wins_during_a_running_gc_start_no_second_one() {
         async fn touch(
             &self,
             key: &keepsake::StorageKey,
+            version: i64,
             last: i64,
             expires: i64,
-        ) -> keepsake::Result<()> {
-            self.0.touch(key, last, expires).await
+        ) -> keepsake::Result<keepsake::Cas> {
+            self.0.touch(key, version, last, expires).await
         }
         async fn destroy(&self, key: &keepsake::StorageKey) -> keepsake::Result<()> {
             self.0.destroy(key).await
