@@ -131,7 +131,7 @@
 //! | `mysql` | `MySqlStore` (MySQL and MariaDB) | no |
 //! | `file` | `FileStore` (one file per session, atomic writes, locks) | no |
 //! | `cookie` | `CookieStore` (the session encrypted in the cookie), `Key`, `Keys` | no |
-//! | `encryption` | `EncryptedStore` (AES-256-GCM payloads at rest), `Key`, `Keys` | no |
+//! | `encryption` | `EncryptedStore` (XChaCha20-Poly1305 payloads at rest), `Key`, `Keys` | no |
 //! | `redis` | `RedisStore` (Redis and Redis Cluster) | no |
 //! | `memcached` | `MemcachedStore` | no |
 //! | `testing` | the `testing` module: a test client and session assertions | no |

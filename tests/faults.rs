@@ -437,8 +437,8 @@ async fn regenerate_keeps_the_session_when_storing_the_new_record_fails() {
 /// Two tabs: one logs in (`regenerate`) while the other adds to the cart,
 /// and the cart is saved while the login is still running. The login retires
 /// the old record by compare-and-swap, sees the cart write, and carries it
-/// into the logged-in session (DESIGN.md §3: distinct keys written by
-/// concurrent requests all land).
+/// into the logged-in session (docs/semantics.md: distinct keys
+/// written by concurrent requests all land).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_saved_while_another_tab_logs_in_is_carried_into_the_new_session() {
     let (_store, _handle, layer) = faulty_memory();

@@ -36,7 +36,7 @@ where
     two_instances(make().await, make().await).await;
 }
 
-/// Every flash timeline of SEMANTICS.md, one request per step.
+/// Every flash timeline of the crate docs, one request per step.
 pub async fn flash_timelines(client: &TestClient) {
     // flash: the next request sees it, the one after does not.
     let c = client.new_browser();

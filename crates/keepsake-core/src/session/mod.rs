@@ -29,8 +29,9 @@ pub(crate) use ops::{Observed, Op, Read, Seen, State, Step};
 /// `Arc` inside) and every clone sees the same state, so it can be shared by
 /// the tasks of one request.
 ///
-/// Keys are dot paths (`"user.name"`); see the [crate docs](crate) and the
-/// project's SEMANTICS document for the exact behaviour of every method.
+/// Keys are dot paths (`"user.name"`); see the [crate docs](crate) for the
+/// exact behaviour of every method, and the project's `docs/semantics.md` for
+/// what each one means when requests of one session overlap.
 ///
 /// ```
 /// use keepsake_core::Session;
