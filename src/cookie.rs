@@ -46,6 +46,44 @@ pub(crate) fn check_domain(domain: &str) -> Result<(), &'static str> {
     }
 }
 
+/// A cookie configuration that browsers would refuse to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttributeProblem {
+    HostNotSecure,
+    HostWithDomain,
+    HostPathNotRoot,
+    SecurePrefixNotSecure,
+    PartitionedNotSecure,
+}
+
+impl AttributeProblem {
+    /// What is wrong, in terms of cookie attributes.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Self::HostNotSecure => "a `__Host-` cookie must be Secure",
+            Self::HostWithDomain => "a `__Host-` cookie must not have a Domain",
+            Self::HostPathNotRoot => "a `__Host-` cookie must have Path=/",
+            Self::SecurePrefixNotSecure => "a `__Secure-` cookie must be Secure",
+            Self::PartitionedNotSecure => "a Partitioned cookie must be Secure",
+        }
+    }
+
+    /// What would be accepted, in terms of `SESSION_*` variables.
+    pub(crate) fn expected_in_env(self) -> &'static str {
+        match self {
+            Self::HostNotSecure => "a `__Host-` cookie name only with SESSION_SECURE_COOKIE=true",
+            Self::HostWithDomain => "a `__Host-` cookie name only without SESSION_DOMAIN",
+            Self::HostPathNotRoot => "a `__Host-` cookie name only with SESSION_PATH=/",
+            Self::SecurePrefixNotSecure => {
+                "a `__Secure-` cookie name only with SESSION_SECURE_COOKIE=true"
+            }
+            Self::PartitionedNotSecure => {
+                "SESSION_PARTITIONED_COOKIE=true only with SESSION_SECURE_COOKIE=true"
+            }
+        }
+    }
+}
+
 /// The cookie prefixes (RFC 6265bis §4.1.3) and CHIPS: what a browser
 /// requires of a cookie before it stores it at all. A configuration that
 /// breaks these would set a cookie the browser silently drops.
@@ -55,24 +93,24 @@ pub(crate) fn check_attributes(
     domain: Option<&str>,
     path: &str,
     partitioned: bool,
-) -> Result<(), &'static str> {
+) -> Result<(), AttributeProblem> {
     let has_domain = domain.is_some_and(|d| !d.trim_start_matches('.').is_empty());
     if has_prefix(name, "__Host-") {
         if !secure {
-            return Err("a `__Host-` cookie must be Secure");
+            return Err(AttributeProblem::HostNotSecure);
         }
         if has_domain {
-            return Err("a `__Host-` cookie must not have a Domain");
+            return Err(AttributeProblem::HostWithDomain);
         }
         if path != "/" {
-            return Err("a `__Host-` cookie must have Path=/");
+            return Err(AttributeProblem::HostPathNotRoot);
         }
     }
     if has_prefix(name, "__Secure-") && !secure {
-        return Err("a `__Secure-` cookie must be Secure");
+        return Err(AttributeProblem::SecurePrefixNotSecure);
     }
     if partitioned && !secure {
-        return Err("a Partitioned cookie must be Secure");
+        return Err(AttributeProblem::PartitionedNotSecure);
     }
     Ok(())
 }

@@ -927,3 +927,141 @@ async fn lottery_wins_during_a_running_gc_start_no_second_one() {
         "the next win after it ends runs again"
     );
 }
+
+/// The panic message of `f`.
+fn panic_message(f: impl FnOnce() -> SessionLayer + std::panic::UnwindSafe) -> String {
+    let payload = std::panic::catch_unwind(f).expect_err("the configuration was accepted");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_invalid_cookie_setting_panics_naming_the_setting_and_the_value() {
+    let layer = || SessionLayer::new(MemoryStore::new());
+    let cases: Vec<(
+        Box<dyn FnOnce() -> SessionLayer + std::panic::UnwindSafe>,
+        &str,
+        &str,
+    )> = vec![
+        (
+            Box::new(move || layer().with_cookie_name("my session")),
+            "with_cookie_name",
+            "\"my session\"",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("a;b")),
+            "with_cookie_name",
+            "\"a;b\"",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("")),
+            "with_cookie_name",
+            "\"\"",
+        ),
+        (
+            Box::new(move || layer().with_path("app")),
+            "with_path",
+            "\"app\"",
+        ),
+        (
+            Box::new(move || layer().with_path("/a;Domain=evil.test")),
+            "with_path",
+            "\"/a;Domain=evil.test\"",
+        ),
+        (
+            Box::new(move || layer().with_domain("evil.test; x")),
+            "with_domain",
+            "\"evil.test; x\"",
+        ),
+        // `__Host-` demands Secure, no Domain and Path=/: whichever setting
+        // breaks that, in whichever order, is the one named.
+        (
+            Box::new(move || layer().with_cookie_name("__Host-s").with_secure(false)),
+            "with_secure",
+            "false",
+        ),
+        (
+            Box::new(move || layer().with_secure(false).with_cookie_name("__Host-s")),
+            "with_cookie_name",
+            "\"__Host-s\"",
+        ),
+        (
+            Box::new(move || {
+                layer()
+                    .with_cookie_name("__Host-s")
+                    .with_domain("example.com")
+            }),
+            "with_domain",
+            "\"example.com\"",
+        ),
+        (
+            Box::new(move || {
+                layer()
+                    .with_domain("example.com")
+                    .with_cookie_name("__Host-s")
+            }),
+            "with_cookie_name",
+            "__Host-",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("__Host-s").with_path("/app")),
+            "with_path",
+            "\"/app\"",
+        ),
+        (
+            Box::new(move || layer().with_path("/app").with_cookie_name("__host-s")),
+            "with_cookie_name",
+            "\"__host-s\"",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("__Secure-s").with_secure(false)),
+            "with_secure",
+            "__Secure-",
+        ),
+        (
+            Box::new(move || layer().with_secure(false).with_partitioned(true)),
+            "with_partitioned",
+            "Partitioned",
+        ),
+        (
+            Box::new(move || layer().with_partitioned(true).with_secure(false)),
+            "with_secure",
+            "Partitioned",
+        ),
+    ];
+    for (build, setting, value) in cases {
+        let message = panic_message(build);
+        assert!(
+            message.contains(&format!("SessionLayer::{setting}(")) && message.contains(value),
+            "{setting} {value}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn host_prefixed_and_partitioned_cookies() {
+    let layer = SessionLayer::new(MemoryStore::new())
+        .with_lottery(0, 1)
+        .with_cookie_name("__Host-session")
+        .with_partitioned(true)
+        .with_domain("");
+    let c = TestClient::new(app(), layer);
+    let response = c.post("/incr", &[]).await;
+    response.assert_status(200);
+    let set_cookie = response.set_cookies().join("\n");
+    assert!(set_cookie.starts_with("__Host-session="), "{set_cookie}");
+    for attribute in ["; Secure", "; Path=/", "; Partitioned"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Domain"), "{set_cookie}");
+    // The cookie comes back and the session continues.
+    c.post("/incr", &[]).await.assert_status(200);
+    c.session().await.assert_has_value("counter", 2);
+
+    // Off by default.
+    let plain = client().post("/incr", &[]).await.set_cookies().join("\n");
+    assert!(!plain.contains("Partitioned"), "{plain}");
+}

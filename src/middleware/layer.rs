@@ -321,9 +321,14 @@ impl SessionLayer {
             c.partitioned,
         ) {
             panic!(
-                "SessionLayer::{setting}({value:?}): {problem} (cookie name {:?}, secure {}, \
+                "SessionLayer::{setting}({value:?}): {} (cookie name {:?}, secure {}, \
                  domain {:?}, path {:?}, partitioned {})",
-                c.cookie_name, c.secure, c.cookie_domain, c.cookie_path, c.partitioned
+                problem.message(),
+                c.cookie_name,
+                c.secure,
+                c.cookie_domain,
+                c.cookie_path,
+                c.partitioned
             );
         }
         layer
