@@ -693,7 +693,8 @@ async fn a_forged_forwarding_header_never_becomes_the_client_address() {
     let two = Some(TrustedProxies::new().with_hops(2));
     let forwarded = Some(TrustedProxies::new().with_header(ProxyHeader::Forwarded));
     let xff = "x-forwarded-for";
-    let cases: &[(Option<TrustedProxies>, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (Option<TrustedProxies>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
         // No trusted proxy: the header is the client's own invention.
         (None, &[(xff, "203.0.113.7")], "192.0.2.200"),
         (one, &[(xff, "203.0.113.7")], "203.0.113.7"),
@@ -941,11 +942,8 @@ fn panic_message(f: impl FnOnce() -> SessionLayer + std::panic::UnwindSafe) -> S
 #[test]
 fn an_invalid_cookie_setting_panics_naming_the_setting_and_the_value() {
     let layer = || SessionLayer::new(MemoryStore::new());
-    let cases: Vec<(
-        Box<dyn FnOnce() -> SessionLayer + std::panic::UnwindSafe>,
-        &str,
-        &str,
-    )> = vec![
+    type Build = Box<dyn FnOnce() -> SessionLayer + std::panic::UnwindSafe>;
+    let cases: Vec<(Build, &str, &str)> = vec![
         (
             Box::new(move || layer().with_cookie_name("my session")),
             "with_cookie_name",

@@ -114,6 +114,7 @@
 mod form;
 mod future;
 mod layer;
+mod origin;
 mod service;
 
 pub use future::ResponseFuture;

@@ -108,11 +108,11 @@ impl TrustedProxies {
         match self.header {
             ProxyHeader::XForwardedFor => {
                 let entries = list(headers, "x-forwarded-for");
-                from_right(&entries, self.hops).and_then(|entry| parse_ip(entry))
+                from_right(&entries, self.hops).and_then(parse_ip)
             }
             ProxyHeader::Forwarded => {
                 let element = self.forwarded_element(headers)?;
-                parse_node(&param(&element, b"for")?)
+                parse_node(&param(element, b"for")?)
             }
         }
     }
@@ -128,7 +128,7 @@ impl TrustedProxies {
             ProxyHeader::XForwardedFor => {
                 from_right_or_first(&list(headers, "x-forwarded-host"), self.hops)?.to_vec()
             }
-            ProxyHeader::Forwarded => param(&self.forwarded_element(headers)?, b"host")?,
+            ProxyHeader::Forwarded => param(self.forwarded_element(headers)?, b"host")?,
         };
         let host = std::str::from_utf8(&value).ok()?;
         is_host(host).then(|| host.to_ascii_lowercase())
@@ -144,7 +144,7 @@ impl TrustedProxies {
             ProxyHeader::XForwardedFor => {
                 from_right_or_first(&list(headers, "x-forwarded-proto"), self.hops)?.to_vec()
             }
-            ProxyHeader::Forwarded => param(&self.forwarded_element(headers)?, b"proto")?,
+            ProxyHeader::Forwarded => param(self.forwarded_element(headers)?, b"proto")?,
         };
         let scheme = std::str::from_utf8(&value).ok()?;
         is_scheme(scheme).then(|| scheme.to_ascii_lowercase())
