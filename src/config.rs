@@ -29,7 +29,7 @@
 //! | `SESSION_HTTP_ONLY` | `HttpOnly` attribute | `true` |
 //! | `SESSION_SAME_SITE` | `lax`, `strict` or `none` | `lax` |
 //! | `SESSION_PARTITIONED_COOKIE` | `Partitioned` attribute (needs `Secure`) | `false` |
-//! | `SESSION_TRUSTED_PROXIES` | how many reverse proxies in front append to the forwarding header; `0` trusts none (see [`TrustedProxies`](crate::middleware::TrustedProxies)) | `0` |
+//! | `SESSION_TRUSTED_PROXIES` | how many reverse proxies in front append to the forwarding header; `0` trusts none (see [`crate::middleware::TrustedProxies`]) | `0` |
 //! | `SESSION_PROXY_HEADER` | the header they write: `x-forwarded-for` or `forwarded` (RFC 7239) | `x-forwarded-for` |
 //! | `SESSION_REDIS_URL` | Redis URL; for `redis-cluster` a comma-separated list | `redis://127.0.0.1:6379` |
 //! | `SESSION_MEMCACHED_SERVERS` | comma-separated `host:port` list | `127.0.0.1:11211` |

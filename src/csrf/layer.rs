@@ -188,10 +188,13 @@ impl CsrfLayer {
     }
 
     /// The most bytes of a form body read to find its `_token` field; a
-    /// larger body (by its `Content-Length` or as it streams in) is answered
-    /// with `413 Payload Too Large`. Defaults to 2 MiB, axum's own default
-    /// body limit. Requests whose token travels in a header are not read at
-    /// all, whatever their size.
+    /// body whose field has not arrived within them is answered with
+    /// `413 Payload Too Large`. Reading stops once the field has arrived (a
+    /// urlencoded field anywhere, a multipart field as the first part), so a
+    /// larger body whose token comes first streams on to the handler (see
+    /// the [module docs](crate::csrf#what-is-checked)). Defaults to 2 MiB,
+    /// axum's own default body limit. Requests whose token travels in a
+    /// header are not read at all, whatever their size.
     #[must_use]
     pub fn with_body_limit(self, bytes: usize) -> Self {
         self.config(|c| c.body_limit = bytes)
