@@ -319,9 +319,15 @@ impl SessionStore for CookieStore {
         Ok(Cas::Applied)
     }
 
-    /// Does nothing: the expiry travels in the cookie.
-    async fn touch(&self, _key: &StorageKey, _last_activity: i64, _expires_at: i64) -> Result<()> {
-        Ok(())
+    /// Does nothing and reports `Applied`: the expiry travels in the cookie.
+    async fn touch(
+        &self,
+        _key: &StorageKey,
+        _expected_version: i64,
+        _last_activity: i64,
+        _expires_at: i64,
+    ) -> Result<Cas> {
+        Ok(Cas::Applied)
     }
 
     /// Does nothing: the layer removes the cookie.

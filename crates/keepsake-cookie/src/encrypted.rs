@@ -133,8 +133,16 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
             .await
     }
 
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
-        self.inner.touch(key, last_activity, expires_at).await
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
+        self.inner
+            .touch(key, expected_version, last_activity, expires_at)
+            .await
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<()> {

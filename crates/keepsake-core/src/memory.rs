@@ -267,16 +267,23 @@ impl SessionStore for MemoryStore {
         Ok(Cas::Applied)
     }
 
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
         let bytes = key.to_bytes();
         let now = crate::now();
-        if let Some(entry) = self.shard(&bytes).get_mut(&bytes)
-            && entry.expires_at > now
-        {
-            entry.last_activity = last_activity;
-            entry.expires_at = expires_at;
+        match self.shard(&bytes).get_mut(&bytes) {
+            Some(entry) if entry.expires_at > now && entry.version == expected_version => {
+                entry.last_activity = last_activity;
+                entry.expires_at = entry.expires_at.max(expires_at);
+                Ok(Cas::Applied)
+            }
+            _ => Ok(Cas::Conflict),
         }
-        Ok(())
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<()> {

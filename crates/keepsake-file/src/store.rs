@@ -354,22 +354,26 @@ impl Inner {
     fn touch(
         &self,
         key: &StorageKey,
+        expected_version: i64,
         last_activity: i64,
         expires_at: i64,
         now: i64,
-    ) -> Result<(), IoError> {
+    ) -> Result<Cas, IoError> {
         if !self.shard_dir(key).is_dir() {
-            return Ok(());
+            return Ok(Cas::Conflict);
         }
         let _lock = self.lock(key)?;
-        if let Stored::Present(mut header, payload) = self.read(key)?
-            && !header.is_expired(now)
-        {
-            header.last_activity = last_activity;
-            header.expires_at = expires_at;
-            self.write(&format::to_record(key.clone(), header, payload))?;
+        match self.read(key)? {
+            Stored::Present(mut header, payload)
+                if !header.is_expired(now) && header.version == expected_version =>
+            {
+                header.last_activity = last_activity;
+                header.expires_at = header.expires_at.max(expires_at);
+                self.write(&format::to_record(key.clone(), header, payload))?;
+                Ok(Cas::Applied)
+            }
+            _ => Ok(Cas::Conflict),
         }
-        Ok(())
     }
 
     fn destroy(&self, key: &StorageKey) -> Result<(), IoError> {
@@ -592,11 +596,17 @@ impl SessionStore for FileStore {
         .await
     }
 
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
         let key = key.clone();
         let now = keepsake_core::now();
         self.blocking("touch", move |inner| {
-            inner.touch(&key, last_activity, expires_at, now)
+            inner.touch(&key, expected_version, last_activity, expires_at, now)
         })
         .await
     }

@@ -332,7 +332,11 @@ async fn a_torn_session_file_is_absent_replaceable_and_collected() {
             Cas::Conflict,
             "no save over a torn file"
         );
-        store.touch(&r.key, now(), now() + 10).await.unwrap();
+        assert_eq!(
+            store.touch(&r.key, 1, now(), now() + 10).await.unwrap(),
+            Cas::Conflict,
+            "no touch of a torn file"
+        );
         assert!(store.list_for_user("torn-user").await.unwrap().is_empty());
     }
     // A new session may take its place.
