@@ -774,11 +774,11 @@ pub(crate) fn proxy_headers(data: &[u8]) {
     }
     // Only the configured header is believed.
     if header == ProxyHeader::XForwardedFor {
-        let mut only = headers.clone();
+        let mut only = headers;
         only.remove("forwarded");
         assert_eq!(trust.client_ip(&only), ip);
     } else {
-        let mut only = headers.clone();
+        let mut only = headers;
         only.remove("x-forwarded-for");
         assert_eq!(trust.client_ip(&only), ip);
     }
