@@ -28,11 +28,18 @@
 //! | `SESSION_SECURE_COOKIE` | `Secure` attribute | `true` |
 //! | `SESSION_HTTP_ONLY` | `HttpOnly` attribute | `true` |
 //! | `SESSION_SAME_SITE` | `lax`, `strict` or `none` | `lax` |
+//! | `SESSION_PARTITIONED_COOKIE` | `Partitioned` attribute (needs `Secure`) | `false` |
+//! | `SESSION_TRUSTED_PROXIES` | how many reverse proxies in front append to the forwarding header; `0` trusts none (see [`crate::middleware::TrustedProxies`]) | `0` |
+//! | `SESSION_PROXY_HEADER` | the header they write: `x-forwarded-for` or `forwarded` (RFC 7239) | `x-forwarded-for` |
 //! | `SESSION_REDIS_URL` | Redis URL; for `redis-cluster` a comma-separated list | `redis://127.0.0.1:6379` |
 //! | `SESSION_MEMCACHED_SERVERS` | comma-separated `host:port` list | `127.0.0.1:11211` |
 //! | `SESSION_PREFIX` | key prefix of the Redis and memcached drivers | `keepsake:` |
 //! | `SESSION_KEY`, else `APP_KEY` | encryption key(s), base64 (`base64:` prefix allowed), comma-separated: the first encrypts, all decrypt | — (required by `cookie` and `SESSION_ENCRYPT`) |
 //! | `APP_PREVIOUS_KEYS` | more keys that still decrypt (rotation) | none |
+//!
+//! A cookie name starting with `__Host-` (recommended over HTTPS) needs
+//! `SESSION_SECURE_COOKIE=true`, no `SESSION_DOMAIN` and `SESSION_PATH=/`;
+//! one starting with `__Secure-` needs `SESSION_SECURE_COOKIE=true`.
 //!
 //! Booleans accept `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`. Every bad
 //! value is a [`ConfigError`] that names the variable and what was expected.
@@ -45,6 +52,8 @@ use std::time::Duration;
 
 use keepsake_core::SessionStore;
 
+use crate::cookie;
+use crate::middleware::{ProxyHeader, TrustedProxies};
 use crate::{SameSite, SessionLayer};
 
 /// Where sessions are stored.
@@ -201,6 +210,12 @@ pub struct SessionConfig {
     pub http_only: bool,
     /// `SESSION_SAME_SITE`.
     pub same_site: SameSite,
+    /// `SESSION_PARTITIONED_COOKIE`.
+    pub partitioned: bool,
+    /// `SESSION_TRUSTED_PROXIES`: 0 trusts no forwarding header.
+    pub trusted_proxies: u8,
+    /// `SESSION_PROXY_HEADER`.
+    pub proxy_header: ProxyHeader,
     /// `SESSION_REDIS_URL`.
     pub redis_url: String,
     /// `SESSION_MEMCACHED_SERVERS`.
@@ -230,6 +245,9 @@ impl Default for SessionConfig {
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
+            partitioned: false,
+            trusted_proxies: 0,
+            proxy_header: ProxyHeader::XForwardedFor,
             redis_url: "redis://127.0.0.1:6379".to_owned(),
             memcached_servers: "127.0.0.1:11211".to_owned(),
             prefix: None,
@@ -350,39 +368,35 @@ impl SessionConfig {
             })?;
         }
         if let Some(v) = var("SESSION_COOKIE") {
-            let valid = v
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !valid {
+            if let Err(expected) = cookie::check_name(&v) {
                 return Err(ConfigError::Invalid {
                     variable: "SESSION_COOKIE",
                     value: v,
-                    expected: "a cookie name of letters, digits, '-', '_' and '.'",
+                    expected,
                 });
             }
             c.cookie = v;
         }
         if let Some(v) = var("SESSION_PATH") {
-            if !v.starts_with('/') || v.contains(';') {
+            if let Err(expected) = cookie::check_path(&v) {
                 return Err(ConfigError::Invalid {
                     variable: "SESSION_PATH",
                     value: v,
-                    expected: "a path starting with '/'",
+                    expected,
                 });
             }
             c.path = v;
         }
         if let Some(v) = var("SESSION_DOMAIN") {
-            if v.contains(';') || v.contains(char::is_whitespace) || v.eq_ignore_ascii_case("null")
-            {
-                if !v.eq_ignore_ascii_case("null") {
+            // Laravel's `.env` spells "no domain" as `null`.
+            if !v.trim().eq_ignore_ascii_case("null") {
+                if let Err(expected) = cookie::check_domain(&v) {
                     return Err(ConfigError::Invalid {
                         variable: "SESSION_DOMAIN",
                         value: v,
-                        expected: "a domain name",
+                        expected,
                     });
                 }
-            } else {
                 c.domain = Some(v);
             }
         }
@@ -402,6 +416,29 @@ impl SessionConfig {
                         variable: "SESSION_SAME_SITE",
                         value: v,
                         expected: "lax, strict or none",
+                    });
+                }
+            };
+        }
+        if let Some(v) = var("SESSION_PARTITIONED_COOKIE") {
+            c.partitioned = parse_bool("SESSION_PARTITIONED_COOKIE", &v)?;
+        }
+        if let Some(v) = var("SESSION_TRUSTED_PROXIES") {
+            c.trusted_proxies = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                variable: "SESSION_TRUSTED_PROXIES",
+                value: v,
+                expected: "how many proxies append to the forwarding header, 0 to 255 (0: none)",
+            })?;
+        }
+        if let Some(v) = var("SESSION_PROXY_HEADER") {
+            c.proxy_header = match v.trim().to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => ProxyHeader::XForwardedFor,
+                "forwarded" => ProxyHeader::Forwarded,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        variable: "SESSION_PROXY_HEADER",
+                        value: v,
+                        expected: "x-forwarded-for or forwarded",
                     });
                 }
             };
@@ -435,23 +472,68 @@ impl SessionConfig {
                 );
             }
         }
+        c.check_cookie()?;
         Ok(c)
     }
 
-    /// The layer with this configuration (cookie, lifetime, lottery …) over `store`.
+    /// Whether browsers would store the cookie these fields describe: the
+    /// `__Host-` and `__Secure-` prefixes and `Partitioned` require
+    /// attributes that the other fields may lack. The error names the
+    /// cookie-name variable (or `SESSION_PARTITIONED_COOKIE`) and what
+    /// would be accepted.
+    fn check_cookie(&self) -> Result<(), ConfigError> {
+        let checked = cookie::check_attributes(
+            &self.cookie,
+            self.secure,
+            self.domain.as_deref(),
+            &self.path,
+            self.partitioned,
+        );
+        checked.map_err(|problem| {
+            let (variable, value) = if problem == cookie::AttributeProblem::PartitionedNotSecure {
+                ("SESSION_PARTITIONED_COOKIE", self.partitioned.to_string())
+            } else {
+                ("SESSION_COOKIE", self.cookie.clone())
+            };
+            ConfigError::Invalid {
+                variable,
+                value,
+                expected: problem.expected_in_env(),
+            }
+        })
+    }
+
+    /// The layer with this configuration (cookie, lifetime, lottery,
+    /// trusted proxies …) over `store`.
+    ///
+    /// # Panics
+    ///
+    /// When fields changed in code after reading the environment describe a
+    /// cookie the layer's setters reject (see
+    /// [`SessionLayer::with_cookie_name`]); [`build`](Self::build) answers
+    /// those with a [`ConfigError`] instead.
     #[must_use]
     pub fn layer(&self, store: Arc<dyn SessionStore>) -> SessionLayer {
+        // `Secure` first: a `__Host-` name is checked against it.
         let mut layer = SessionLayer::from_arc(store)
             .with_lifetime(self.lifetime)
             .with_expire_on_close(self.expire_on_close)
             .with_lottery(self.lottery.0, self.lottery.1)
-            .with_cookie_name(self.cookie.clone())
-            .with_path(self.path.clone())
             .with_secure(self.secure)
+            .with_path(self.path.clone())
+            .with_cookie_name(self.cookie.clone())
             .with_http_only(self.http_only)
-            .with_same_site(self.same_site);
+            .with_same_site(self.same_site)
+            .with_partitioned(self.partitioned);
         if let Some(domain) = &self.domain {
             layer = layer.with_domain(domain.clone());
+        }
+        if self.trusted_proxies > 0 {
+            layer = layer.with_trusted_proxies(
+                TrustedProxies::new()
+                    .with_header(self.proxy_header)
+                    .with_hops(self.trusted_proxies),
+            );
         }
         layer
     }
@@ -464,8 +546,25 @@ impl SessionConfig {
     /// [`ConfigError`]: a missing URL or key, a driver whose feature is off,
     /// or a store that cannot be set up (with its cause).
     pub async fn build(&self) -> Result<SessionLayer, ConfigError> {
+        self.check_values()?;
         let store = self.store().await?;
         Ok(self.layer(store))
+    }
+
+    /// The cookie fields checked as the environment's are, for fields set
+    /// in code.
+    fn check_values(&self) -> Result<(), ConfigError> {
+        let invalid = |variable, value: &str, expected| ConfigError::Invalid {
+            variable,
+            value: value.to_owned(),
+            expected,
+        };
+        cookie::check_name(&self.cookie).map_err(|e| invalid("SESSION_COOKIE", &self.cookie, e))?;
+        cookie::check_path(&self.path).map_err(|e| invalid("SESSION_PATH", &self.path, e))?;
+        if let Some(domain) = &self.domain {
+            cookie::check_domain(domain).map_err(|e| invalid("SESSION_DOMAIN", domain, e))?;
+        }
+        self.check_cookie()
     }
 
     /// Builds the store only.

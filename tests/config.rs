@@ -102,6 +102,18 @@ fn every_bad_value_names_its_variable() {
         ("SESSION_SECURE_COOKIE", "sure"),
         ("SESSION_HTTP_ONLY", "nope"),
         ("SESSION_SAME_SITE", "sometimes"),
+        ("SESSION_COOKIE", "a;b"),
+        ("SESSION_COOKIE", "s=x"),
+        ("SESSION_COOKIE", "sessi\u{f6}n"),
+        ("SESSION_PATH", "/a;Domain=evil.test"),
+        ("SESSION_PATH", "/a b"),
+        ("SESSION_DOMAIN", "example.com;x"),
+        ("SESSION_PARTITIONED_COOKIE", "perhaps"),
+        ("SESSION_TRUSTED_PROXIES", "-1"),
+        ("SESSION_TRUSTED_PROXIES", "256"),
+        ("SESSION_TRUSTED_PROXIES", "yes"),
+        ("SESSION_PROXY_HEADER", "x-real-ip"),
+        ("SESSION_PROXY_HEADER", "both"),
     ];
     for (variable, value) in cases {
         let error = read(&[(variable, value)]).unwrap_err();
@@ -340,4 +352,142 @@ async fn memory_builds_with_the_configured_cookie() {
         .unwrap();
     assert_eq!(layer.store().kind(), "memory");
     assert!(format!("{layer:?}").contains("\"app\""));
+}
+
+#[tokio::test]
+async fn trusted_proxies_from_the_environment() {
+    use keepsake::middleware::ProxyHeader;
+
+    let c = read(&[]).unwrap();
+    assert_eq!(
+        (c.trusted_proxies, c.proxy_header),
+        (0, ProxyHeader::XForwardedFor)
+    );
+    let c = read(&[
+        ("SESSION_TRUSTED_PROXIES", " 2 "),
+        ("SESSION_PROXY_HEADER", "Forwarded"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.trusted_proxies, c.proxy_header),
+        (2, ProxyHeader::Forwarded)
+    );
+
+    let layer = read(&[
+        ("SESSION_DRIVER", "memory"),
+        ("SESSION_TRUSTED_PROXIES", "2"),
+    ])
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    let debug = format!("{layer:?}");
+    assert!(
+        debug.contains("trusted_proxies: Some(TrustedProxies { header: XForwardedFor, hops: 2 })"),
+        "{debug}"
+    );
+    let layer = read(&[
+        ("SESSION_DRIVER", "memory"),
+        ("SESSION_PROXY_HEADER", "forwarded"),
+    ])
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    assert!(format!("{layer:?}").contains("trusted_proxies: None"));
+}
+
+#[test]
+fn cookie_prefixes_need_their_attributes() {
+    let c = read(&[
+        ("SESSION_COOKIE", "__Host-session"),
+        ("SESSION_PARTITIONED_COOKIE", "on"),
+    ])
+    .unwrap();
+    assert_eq!(c.cookie, "__Host-session");
+    assert!(c.partitioned);
+
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("SESSION_COOKIE", "__Host-s"),
+                ("SESSION_SECURE_COOKIE", "false"),
+            ],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[
+                ("SESSION_COOKIE", "__Host-s"),
+                ("SESSION_DOMAIN", "example.com"),
+            ],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[("SESSION_COOKIE", "__host-s"), ("SESSION_PATH", "/app")],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[
+                ("SESSION_COOKIE", "__Secure-s"),
+                ("SESSION_SECURE_COOKIE", "0"),
+            ],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[
+                ("SESSION_PARTITIONED_COOKIE", "true"),
+                ("SESSION_SECURE_COOKIE", "false"),
+            ],
+            "SESSION_PARTITIONED_COOKIE",
+        ),
+    ];
+    for (vars, variable) in cases {
+        let error = read(vars).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Invalid { variable: v, .. } if v == variable),
+            "{vars:?}: {error:?}"
+        );
+        assert!(error.to_string().contains(variable), "{error}");
+    }
+    // `null` is Laravel's "no domain", which `__Host-` allows.
+    let c = read(&[("SESSION_COOKIE", "__Host-s"), ("SESSION_DOMAIN", "null")]).unwrap();
+    assert_eq!(c.domain, None);
+}
+
+#[tokio::test]
+async fn fields_set_in_code_are_checked_by_build() {
+    let mut c = read(&[("SESSION_DRIVER", "memory")]).unwrap();
+    c.cookie = "bad name".to_owned();
+    let error = c.build().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConfigError::Invalid {
+                variable: "SESSION_COOKIE",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+
+    let mut c = read(&[("SESSION_DRIVER", "memory")]).unwrap();
+    c.cookie = "__Host-s".to_owned();
+    c.path = "/app".to_owned();
+    let error = c.build().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConfigError::Invalid {
+                variable: "SESSION_COOKIE",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+
+    let mut c = read(&[("SESSION_DRIVER", "memory")]).unwrap();
+    c.partitioned = true;
+    c.cookie = "__Host-s".to_owned();
+    let layer = c.build().await.unwrap();
+    assert!(format!("{layer:?}").contains("partitioned: true"));
 }
