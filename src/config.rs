@@ -17,11 +17,12 @@
 //! | `SESSION_DRIVER` | `memory`, `cookie`, `file`, `sqlite`, `postgres`, `mysql`, `redis`, `redis-cluster`, `memcached` | `file` |
 //! | `SESSION_LIFETIME` | idle lifetime in minutes | `120` |
 //! | `SESSION_EXPIRE_ON_CLOSE` | cookie without `Max-Age` | `false` |
-//! | `SESSION_ENCRYPT` | encrypt payloads at rest (AES-256-GCM) | `false` |
+//! | `SESSION_ENCRYPT` | encrypt payloads at rest (XChaCha20-Poly1305) | `false` |
 //! | `SESSION_FILES` | directory of the `file` driver | `storage/sessions` |
 //! | `SESSION_CONNECTION`, else `DATABASE_URL` | database URL of the SQL drivers | — (required) |
 //! | `SESSION_TABLE` | SQL table | `sessions` |
 //! | `SESSION_LOTTERY` | garbage-collection odds, `hits,out_of` | `2,100` |
+//! | `SESSION_GC_MIN_INTERVAL` | least seconds between two lottery collections of one layer; `0` for none | `60` |
 //! | `SESSION_COOKIE` | cookie name | `keepsake_session` |
 //! | `SESSION_PATH` | cookie path | `/` |
 //! | `SESSION_DOMAIN` | cookie domain | none |
@@ -198,6 +199,8 @@ pub struct SessionConfig {
     pub table: String,
     /// `SESSION_LOTTERY`.
     pub lottery: (u32, u32),
+    /// `SESSION_GC_MIN_INTERVAL` (seconds in the environment).
+    pub gc_min_interval: Duration,
     /// `SESSION_COOKIE`.
     pub cookie: String,
     /// `SESSION_PATH`.
@@ -239,6 +242,7 @@ impl Default for SessionConfig {
             connection: None,
             table: "sessions".to_owned(),
             lottery: (2, 100),
+            gc_min_interval: Duration::from_secs(60),
             cookie: "keepsake_session".to_owned(),
             path: "/".to_owned(),
             domain: None,
@@ -366,6 +370,19 @@ impl SessionConfig {
                 value: v,
                 expected: "two whole numbers `hits,out_of` with hits <= out_of and out_of > 0, e.g. 2,100",
             })?;
+        }
+        if let Some(v) = var("SESSION_GC_MIN_INTERVAL") {
+            let seconds = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 60 * 60 * 24 * 365);
+            let seconds = seconds.ok_or(ConfigError::Invalid {
+                variable: "SESSION_GC_MIN_INTERVAL",
+                value: v,
+                expected: "a whole number of seconds, 0 (no floor) to one year",
+            })?;
+            c.gc_min_interval = Duration::from_secs(seconds);
         }
         if let Some(v) = var("SESSION_COOKIE") {
             if let Err(expected) = cookie::check_name(&v) {
@@ -519,6 +536,7 @@ impl SessionConfig {
             .with_lifetime(self.lifetime)
             .with_expire_on_close(self.expire_on_close)
             .with_lottery(self.lottery.0, self.lottery.1)
+            .with_gc_min_interval(self.gc_min_interval)
             .with_secure(self.secure)
             .with_path(self.path.clone())
             .with_cookie_name(self.cookie.clone())

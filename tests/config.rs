@@ -27,6 +27,7 @@ fn defaults() {
         (c.lottery, c.table.as_str(), c.cookie.as_str()),
         ((2, 100), "sessions", "keepsake_session")
     );
+    assert_eq!(c.gc_min_interval, Duration::from_secs(60));
     assert!(c.secure && c.http_only && !c.encrypt && !c.expire_on_close);
 }
 
@@ -41,6 +42,7 @@ fn every_variable_is_read() {
         ("DATABASE_URL", "postgres://db/app"),
         ("SESSION_TABLE", "web_sessions"),
         ("SESSION_LOTTERY", "1, 50"),
+        ("SESSION_GC_MIN_INTERVAL", "0"),
         ("SESSION_COOKIE", "app_session"),
         ("SESSION_PATH", "/app"),
         ("SESSION_DOMAIN", "example.com"),
@@ -60,6 +62,7 @@ fn every_variable_is_read() {
     assert_eq!(c.files.to_str(), Some("/var/sessions"));
     assert_eq!(c.connection.as_deref(), Some("postgres://db/app"));
     assert_eq!((c.table.as_str(), c.lottery), ("web_sessions", (1, 50)));
+    assert_eq!(c.gc_min_interval, Duration::ZERO);
     assert_eq!(
         (c.cookie.as_str(), c.path.as_str(), c.domain.as_deref()),
         ("app_session", "/app", Some("example.com"))
@@ -96,6 +99,8 @@ fn every_bad_value_names_its_variable() {
         ("SESSION_LOTTERY", "5,2"),
         ("SESSION_LOTTERY", "1,0"),
         ("SESSION_LOTTERY", "a,b"),
+        ("SESSION_GC_MIN_INTERVAL", "-1"),
+        ("SESSION_GC_MIN_INTERVAL", "1m"),
         ("SESSION_COOKIE", "bad name"),
         ("SESSION_PATH", "relative"),
         ("SESSION_DOMAIN", "a b"),

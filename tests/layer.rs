@@ -651,11 +651,57 @@ async fn the_lottery_collects_garbage_off_the_request() {
     panic!("gc never ran");
 }
 
+/// Waits (by yielding, not by time) until the counting store has seen `n`
+/// collections; false if it never does.
+async fn gc_count_reaches(calls: &[std::sync::atomic::AtomicUsize; 8], n: usize) -> bool {
+    for _ in 0..10_000 {
+        if Counting::<MemoryStore>::counts(calls)[common::GC] >= n {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_gc_floor_lets_one_collection_through_per_interval() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    // The default floor (a minute) with a lottery that always wins.
+    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(1, 1));
+    c.post("/incr", &[]).await.assert_status(200);
+    assert!(gc_count_reaches(&calls, 1).await, "the first win collects");
+    c.post("/incr", &[]).await.assert_status(200);
+    c.post("/incr", &[]).await.assert_status(200);
+    // Give a (wrongly) spawned collection every chance to run.
+    for _ in 0..1_000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(Counting::<MemoryStore>::counts(&calls)[common::GC], 1);
+}
+
+#[tokio::test]
+async fn a_zero_gc_floor_collects_on_every_win() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let layer = SessionLayer::new(store)
+        .with_lottery(1, 1)
+        .with_gc_min_interval(Duration::ZERO);
+    let c = TestClient::new(app(), layer);
+    c.post("/incr", &[]).await.assert_status(200);
+    assert!(gc_count_reaches(&calls, 1).await, "the first win collects");
+    c.post("/incr", &[]).await.assert_status(200);
+    assert!(gc_count_reaches(&calls, 2).await, "the second win collects");
+}
+
 #[tokio::test]
 async fn a_failing_gc_is_logged_and_tried_again() {
     let store = Failing::new(Counting::new(MemoryStore::new()));
     store.fail.lock().unwrap().push(common::GC);
-    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(1, 1));
+    let layer = SessionLayer::new(store)
+        .with_lottery(1, 1)
+        .with_gc_min_interval(Duration::ZERO);
+    let c = TestClient::new(app(), layer);
     c.post("/incr", &[]).await.assert_status(200);
     c.post("/incr", &[]).await.assert_status(200);
     c.session().await.assert_has_value("counter", 2);
@@ -930,10 +976,21 @@ async fn lottery_wins_during_a_running_gc_start_no_second_one() {
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = TestClient::new(
         app(),
-        SessionLayer::new(SlowGc(MemoryStore::new(), Arc::clone(&runs))).with_lottery(1, 1),
+        SessionLayer::new(SlowGc(MemoryStore::new(), Arc::clone(&runs)))
+            .with_lottery(1, 1)
+            .with_gc_min_interval(Duration::ZERO),
     );
     for _ in 0..10 {
         c.post("/incr", &[]).await.assert_status(200);
+    }
+    // The first win's task may not have been scheduled yet on a busy machine;
+    // the wins after it were dropped all the same (the flag is set before
+    // the spawn).
+    for _ in 0..40 {
+        if runs.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(
         runs.load(std::sync::atomic::Ordering::SeqCst),

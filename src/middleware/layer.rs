@@ -118,6 +118,7 @@ pub(crate) struct Config {
     pub(crate) expire_on_close: bool,
     pub(crate) touch_after: Duration,
     pub(crate) lottery: (u32, u32),
+    pub(crate) gc_min_interval: Duration,
     pub(crate) save_on_server_error: bool,
     pub(crate) track_previous_url: bool,
     pub(crate) record_client: bool,
@@ -156,6 +157,9 @@ impl Default for Config {
             touch_after: Duration::from_secs(60),
             // Laravel's lottery: 2 chances in 100.
             lottery: (2, 100),
+            // At most one lottery collection a minute per layer, however
+            // many requests win: the odds alone scale with the request rate.
+            gc_min_interval: Duration::from_secs(60),
             save_on_server_error: false,
             track_previous_url: false,
             record_client: false,
@@ -192,6 +196,7 @@ impl fmt::Debug for Config {
             .field("expire_on_close", &self.expire_on_close)
             .field("touch_after", &self.touch_after)
             .field("lottery", &self.lottery)
+            .field("gc_min_interval", &self.gc_min_interval)
             .field("save_on_server_error", &self.save_on_server_error)
             .field("track_previous_url", &self.track_previous_url)
             .field("record_client", &self.record_client)
@@ -232,8 +237,8 @@ pub struct SessionLayer {
     /// requests of a session then conflict at most once each, and
     /// compare-and-swap conflicts are left to other processes.
     pub(crate) commits: Arc<CommitLocks>,
-    /// Set while a lottery gc runs: at most one at a time per layer.
-    pub(crate) gc_running: Arc<std::sync::atomic::AtomicBool>,
+    /// The lottery's state: a gc in flight, the start of the last one.
+    pub(crate) gc: Arc<crate::gc::Lottery>,
 }
 
 impl fmt::Debug for SessionLayer {
@@ -266,7 +271,7 @@ impl SessionLayer {
             store: Arc::new(keepsake_core::instrument::Instrumented::new(store)),
             config: Arc::new(Config::default()),
             commits: Arc::default(),
-            gc_running: Arc::default(),
+            gc: Arc::default(),
         }
     }
 
@@ -452,6 +457,17 @@ impl SessionLayer {
     #[must_use]
     pub fn with_lottery(self, hits: u32, out_of: u32) -> Self {
         self.config(|c| c.lottery = (hits.min(out_of), out_of.max(1)))
+    }
+
+    /// The shortest time between the starts of two lottery collections of
+    /// this layer: a win sooner than that after the previous collection
+    /// started is dropped, so collections per second stay bounded whatever
+    /// the request rate. Defaults to 60 seconds; [`Duration::ZERO`] turns
+    /// the floor off (every win collects, unless a collection is still
+    /// running).
+    #[must_use]
+    pub fn with_gc_min_interval(self, interval: Duration) -> Self {
+        self.config(|c| c.gc_min_interval = interval)
     }
 
     /// Save the session even when the handler answered with a 5xx. Defaults

@@ -11,7 +11,6 @@ use keepsake_core::{
     CommitContext, Outcome, Report, Session, SessionFailure, SessionHandle, SessionStore,
     default_error_response,
 };
-use rand::Rng as _;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -182,7 +181,7 @@ pub(crate) async fn finish(
         }
     }
 
-    lottery(layer, now);
+    crate::gc::lottery(layer, now);
     response
 }
 
@@ -266,42 +265,4 @@ fn append_cookie(response: &mut Response, value: &str) {
         }
         Err(_) => tracing::error!("session cookie is not a valid header value; not sent"),
     }
-}
-
-/// With probability `hits / out_of`, collects expired sessions on a spawned
-/// task: never on the request's own latency path, and never more than one at
-/// a time per layer.
-fn lottery(layer: &SessionLayer, now: i64) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// Clears the in-flight flag when the gc task ends, however it ends.
-    struct Running(Arc<AtomicBool>);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::Release);
-        }
-    }
-
-    let (hits, out_of) = layer.config.lottery;
-    if hits == 0 || !rand::rng().random_ratio(hits, out_of) {
-        return;
-    }
-    // A win while a gc is still running is dropped: gc tasks piling up under
-    // load would hold the store's connections that requests need.
-    if layer.gc_running.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let running = Running(Arc::clone(&layer.gc_running));
-    let store = Arc::clone(&layer.store);
-    tokio::spawn(async move {
-        let _running = running;
-        match store.gc(now).await {
-            Ok(deleted) => tracing::debug!(store = store.kind(), deleted, "session gc"),
-            Err(error) => tracing::error!(
-                store = store.kind(),
-                error = %Report(&error),
-                "session gc failed; the next lottery win tries again"
-            ),
-        }
-    });
 }
