@@ -222,6 +222,37 @@ impl<K: Clone, V, E> Batcher<K, V, E> {
     }
 }
 
+/// The error of a batch, turned into the source of one caller's own error:
+/// the error itself when this caller holds the last reference to it (always
+/// so for a batch of one), else a [`Shared`] around it.
+#[must_use]
+pub fn unshare<E>(error: Arc<E>) -> crate::BoxError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match Arc::try_unwrap(error) {
+        Ok(error) => Box::new(error),
+        Err(shared) => Box::new(Shared(shared)),
+    }
+}
+
+/// An error that every lookup of one batch got; its
+/// [`source`](std::error::Error::source) is that error.
+#[derive(Debug)]
+pub struct Shared<E>(pub Arc<E>);
+
+impl<E> fmt::Display for Shared<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a grouped lookup failed")
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Shared<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// The lead of one batch; dropping it (after the batch, or when the leader
 /// is cancelled mid-batch) hands the lead and any unanswered lookups on.
 struct Leading<'a, K: Clone, V, E> {
@@ -283,6 +314,20 @@ mod tests {
             batches.lock().unwrap().push(keys.clone());
             std::future::ready(Ok(keys.iter().map(|k| k * 2).collect()))
         }
+    }
+
+    #[test]
+    fn an_unshared_error_is_itself_and_a_shared_one_is_its_source() {
+        let only = Arc::new(std::io::Error::other("gone"));
+        assert!(unshare(only).downcast_ref::<std::io::Error>().is_some());
+        let error = Arc::new(std::io::Error::other("gone"));
+        let shared = unshare(Arc::clone(&error));
+        let wrapper = shared
+            .downcast_ref::<Shared<std::io::Error>>()
+            .expect("a wrapper while another caller holds the error");
+        let source = std::error::Error::source(wrapper).unwrap();
+        assert_eq!(source.to_string(), "gone");
+        assert_eq!(wrapper.to_string(), "a grouped lookup failed");
     }
 
     #[tokio::test]

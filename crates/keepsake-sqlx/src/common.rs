@@ -7,12 +7,17 @@
     allow(dead_code, unused_imports, unused_macros)
 )]
 
+use std::collections::HashMap;
+#[cfg(test)]
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use keepsake_core::batch::Batcher;
 use keepsake_core::{Error, Record, Result, SessionInfo, StorageKey};
 use sqlx::pool::PoolOptions;
+use sqlx::query::Query;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 /// The table name used unless `with_table_name` says otherwise.
@@ -23,6 +28,101 @@ pub(crate) const DEFAULT_GC_BATCH_SIZE: u64 = 1_000;
 
 /// The longest table or schema name accepted: PostgreSQL's identifier limit.
 pub(crate) const MAX_NAME_LEN: usize = 63;
+
+/// The most keys one grouped load statement asks for; a larger batch is
+/// split into several statements. Far below SQLite's smallest limit on
+/// bound parameters (999 before 3.32).
+pub(crate) const MAX_GROUP: usize = 64;
+
+/// The sizes of the `IN (…)` lists that have a statement (MySQL, SQLite): a
+/// group is padded to the next size by repeating its last key, so each
+/// connection prepares at most this many grouped statements.
+const GROUP_SIZES: [usize; 6] = [2, 4, 8, 16, 32, MAX_GROUP];
+
+/// The loads of one store (one table) waiting at the same moment, grouped
+/// into one statement; see [`keepsake_core::batch`].
+#[derive(Debug, Default)]
+pub(crate) struct Loads {
+    pub(crate) batcher: Batcher<StorageKey, Option<Record>, sqlx::Error>,
+    /// Load statements sent, single-key and grouped (tests count them).
+    #[cfg(test)]
+    pub(crate) statements: AtomicUsize,
+}
+
+impl Loads {
+    /// Notes one load statement sent (in tests; nothing otherwise).
+    #[allow(clippy::unused_self)]
+    pub(crate) fn sent(&self) {
+        #[cfg(test)]
+        self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Binds the keys of a grouped load: one array on PostgreSQL, one
+/// parameter per key of the padded `IN (…)` list elsewhere.
+pub(crate) trait BindKeys: sqlx::Database {
+    /// Binds `keys`, repeating the last one up to `padded` parameters where
+    /// the statement has one parameter per key.
+    fn bind_keys<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        keys: &'q [&'q str],
+        padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>;
+}
+
+#[cfg(feature = "postgres")]
+impl BindKeys for sqlx::Postgres {
+    fn bind_keys<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        keys: &'q [&'q str],
+        _padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
+        query.bind(keys)
+    }
+}
+
+/// One parameter per key, the last repeated up to `padded`.
+fn bind_each<'q, DB>(
+    mut query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    keys: &'q [&'q str],
+    padded: usize,
+) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+{
+    for key in keys {
+        query = query.bind(*key);
+    }
+    if let Some(last) = keys.last() {
+        for _ in keys.len()..padded {
+            query = query.bind(*last);
+        }
+    }
+    query
+}
+
+#[cfg(feature = "mysql")]
+impl BindKeys for sqlx::MySql {
+    fn bind_keys<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        keys: &'q [&'q str],
+        padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
+        bind_each(query, keys, padded)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl BindKeys for sqlx::Sqlite {
+    fn bind_keys<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        keys: &'q [&'q str],
+        padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
+        bind_each(query, keys, padded)
+    }
+}
 
 /// How long a pooled connection may sit idle and still be used without a
 /// ping first.
@@ -239,6 +339,10 @@ pub(crate) fn retired_indexes(dialect: Dialect) -> &'static [&'static str] {
 pub(crate) struct Queries {
     /// `$1` key, `$2` now.
     pub(crate) load: String,
+    /// The grouped loads: the columns of `load` and then `id`. On
+    /// PostgreSQL one statement, `$1` the keys as an array, `$2` now; on
+    /// the others one per size of [`GROUP_SIZES`], the keys and then now.
+    load_group: Vec<String>,
     /// `$1`…`$8` the columns; on PostgreSQL and SQLite `$9` now (an expired
     /// row with the same key is replaced in the same statement).
     pub(crate) create: String,
@@ -305,7 +409,22 @@ impl Queries {
                 p(2)
             ),
         };
+        let group_select = format!(
+            "SELECT payload, last_activity, expires_at, version, user_id, ip_address, \
+             user_agent, id FROM {t} WHERE id"
+        );
+        let load_group = match dialect {
+            Dialect::Postgres => vec![format!("{group_select} = ANY($1) AND expires_at > $2")],
+            Dialect::MySql | Dialect::Sqlite => GROUP_SIZES
+                .iter()
+                .map(|&n| {
+                    let list = (1..=n).map(p).collect::<Vec<_>>().join(", ");
+                    format!("{group_select} IN ({list}) AND expires_at > {}", p(n + 1))
+                })
+                .collect(),
+        };
         Self {
+            load_group,
             load: format!(
                 "SELECT payload, last_activity, expires_at, version, user_id, ip_address, \
                  user_agent FROM {t} WHERE id = {} AND expires_at > {}",
@@ -354,6 +473,44 @@ impl Queries {
             ),
         }
     }
+}
+
+impl Queries {
+    /// The grouped load for `keys` keys (2 to [`MAX_GROUP`]), and how many
+    /// key parameters it takes (the keys padded to a list size).
+    pub(crate) fn load_group(&self, keys: usize) -> (&str, usize) {
+        if let [one] = self.load_group.as_slice() {
+            return (one, keys);
+        }
+        let at = GROUP_SIZES
+            .iter()
+            .position(|&n| n >= keys)
+            .unwrap_or(GROUP_SIZES.len() - 1);
+        (&self.load_group[at], GROUP_SIZES[at])
+    }
+}
+
+/// Matches the records of a batch back to its keys, in order: a key with
+/// no record (missing or expired) gets `None`, a key asked for twice gets
+/// the record twice.
+pub(crate) fn match_records(
+    keys: &[StorageKey],
+    mut found: HashMap<&str, Record>,
+) -> Vec<Option<Record>> {
+    let mut answers = vec![None; keys.len()];
+    // From the back: a key's last occurrence takes its record, an earlier
+    // one a copy of that answer.
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate().rev() {
+        answers[i] = match last.get(key.as_str()) {
+            Some(&later) => answers[later].clone(),
+            None => {
+                last.insert(key.as_str(), i);
+                found.remove(key.as_str())
+            }
+        };
+    }
+    answers
 }
 
 /// How a backend hands back text columns: PostgreSQL and SQLite as
@@ -412,6 +569,25 @@ where
     })
 }
 
+/// Decodes a row of a grouped load: its key (column 7) and record; `None`
+/// for a row whose id is none of `keys` (it cannot match anyway).
+pub(crate) fn keyed_record_from_row<'r, 'k, R, T>(
+    keys: &HashMap<&'k str, &'k StorageKey>,
+    row: &'r R,
+) -> sqlx::Result<Option<(&'k str, Record)>>
+where
+    R: Row,
+    usize: ColumnIndex<R>,
+    T: Text + Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let id = text::<R, T>(row, 7)?.unwrap_or_default();
+    match keys.get_key_value(id.as_str()) {
+        Some((&id, key)) => Ok(Some((id, record_from_row::<R, T>(key, row)?))),
+        None => Ok(None),
+    }
+}
+
 /// Decodes a row of [`Queries::list_for_user`]; `Ok(None)` for a row whose id
 /// is not a storage key (written by something other than keepsake), which is
 /// logged and skipped.
@@ -449,12 +625,13 @@ pub(crate) fn limit(batch: u64) -> i64 {
 
 /// The builder methods and helpers every store has, and its `SessionStore`
 /// implementation. The store type must have the fields `pool`, `queries`
-/// (`Arc<Queries>`), `table`, `gc_batch_size` and `health`
-/// (`Option<Arc<Health>>`), and an inherent `fn table_ref(&self) -> String`
-/// (the quoted, possibly qualified, table name). `$dialect` is its
-/// [`Dialect`]; `$text` the backend's [`Text`] type.
+/// (`Arc<Queries>`), `loads` (`Arc<Loads>`), `table`, `gc_batch_size` and
+/// `health` (`Option<Arc<Health>>`), and an inherent
+/// `fn table_ref(&self) -> String` (the quoted, possibly qualified, table
+/// name). `$db` is its sqlx database, `$dialect` its [`Dialect`]; `$text`
+/// the backend's [`Text`] type.
 macro_rules! impl_store {
-    ($store:ident, $pool:ty, $kind:expr, $dialect:expr, $text:ty) => {
+    ($store:ident, $pool:ty, $db:ty, $kind:expr, $dialect:expr, $text:ty) => {
         impl $store {
             /// Sets the table name. Defaults to `sessions`.
             ///
@@ -468,9 +645,65 @@ macro_rules! impl_store {
                 Ok(self)
             }
 
-            /// Renders the statements again after the table's name changed.
+            /// Renders the statements again after the table's name changed,
+            /// with a batcher of its own: loads of two tables never share a
+            /// batch.
             fn rebuild(&mut self) {
                 self.queries = Arc::new(Queries::new($dialect, &self.table_ref()));
+                self.loads = Arc::default();
+            }
+
+            /// The single-key load statement.
+            async fn load_one(&self, key: &StorageKey, now: i64) -> sqlx::Result<Option<Record>> {
+                self.loads.sent();
+                let row = sqlx::query(&self.queries.load)
+                    .bind(key.as_str())
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| $crate::common::record_from_row::<_, $text>(key, &row))
+                    .transpose()
+            }
+
+            /// One batch of loads, answered in the order of `keys`: the
+            /// single-key statement for one key, else one grouped
+            /// statement per [`MAX_GROUP`](crate::common::MAX_GROUP)
+            /// distinct keys.
+            async fn load_batch(&self, keys: Vec<StorageKey>) -> sqlx::Result<Vec<Option<Record>>> {
+                let now = keepsake_core::now();
+                if let [key] = keys.as_slice() {
+                    return Ok(vec![self.load_one(key, now).await?]);
+                }
+                let by_id: std::collections::HashMap<&str, &StorageKey> =
+                    keys.iter().map(|k| (k.as_str(), k)).collect();
+                let distinct: Vec<&str> = by_id.keys().copied().collect();
+                let mut found = std::collections::HashMap::with_capacity(distinct.len());
+                for group in distinct.chunks($crate::common::MAX_GROUP) {
+                    if let [id] = group {
+                        if let Some(record) = self.load_one(by_id[id], now).await? {
+                            found.insert(*id, record);
+                        }
+                        continue;
+                    }
+                    let (sql, padded) = self.queries.load_group(group.len());
+                    self.loads.sent();
+                    let rows = <$db as $crate::common::BindKeys>::bind_keys(
+                        sqlx::query(sql),
+                        group,
+                        padded,
+                    )
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for row in &rows {
+                        if let Some((id, record)) =
+                            $crate::common::keyed_record_from_row::<_, $text>(&by_id, row)?
+                        {
+                            found.insert(id, record);
+                        }
+                    }
+                }
+                Ok($crate::common::match_records(&keys, found))
             }
 
             /// The insert-if-absent of `create`. PostgreSQL and SQLite
@@ -562,16 +795,19 @@ macro_rules! impl_store {
 
         #[async_trait::async_trait]
         impl SessionStore for $store {
+            /// Grouped with the loads waiting at the same moment (see
+            /// [`keepsake_core::batch`]): one statement for all of them.
             async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
-                let row = sqlx::query(&self.queries.load)
-                    .bind(key.as_str())
-                    .bind(keepsake_core::now())
-                    .fetch_optional(&self.pool)
+                self.loads
+                    .batcher
+                    .run(key.clone(), |keys| self.load_batch(keys))
                     .await
-                    .map_err(|e| self.fail("load", e))?;
-                row.map(|row| $crate::common::record_from_row::<_, $text>(key, &row))
-                    .transpose()
-                    .map_err(|e| self.fail("load", e))
+                    .map_err(|e| {
+                        if let Some(health) = &self.health {
+                            health.record_failure();
+                        }
+                        Error::backend($kind, "load", keepsake_core::batch::unshare(e))
+                    })
             }
 
             async fn create(&self, record: &Record) -> Result<Cas> {
@@ -760,11 +996,74 @@ mod tests {
     }
 
     #[test]
+    fn grouped_loads_are_padded_to_a_few_sizes() {
+        let q = Queries::new(Dialect::MySql, "`t`");
+        for (keys, padded) in [
+            (2, 2),
+            (3, 4),
+            (5, 8),
+            (9, 16),
+            (17, 32),
+            (33, 64),
+            (64, 64),
+        ] {
+            let (sql, n) = q.load_group(keys);
+            assert_eq!(n, padded, "{keys} keys");
+            assert_eq!(sql.matches('?').count(), padded + 1, "{sql}");
+            assert!(sql.contains("id IN (?, ?"), "{sql}");
+        }
+        let q = Queries::new(Dialect::Sqlite, "\"t\"");
+        let (sql, n) = q.load_group(3);
+        assert_eq!(n, 4);
+        assert!(
+            sql.ends_with("IN (?1, ?2, ?3, ?4) AND expires_at > ?5"),
+            "{sql}"
+        );
+        let q = Queries::new(Dialect::Postgres, "\"t\"");
+        for keys in [2, 17, 64] {
+            let (sql, n) = q.load_group(keys);
+            assert_eq!(n, keys);
+            assert!(
+                sql.ends_with("WHERE id = ANY($1) AND expires_at > $2"),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_are_matched_back_to_their_keys() {
+        let a = keepsake_core::test_kit::record("a");
+        let b = keepsake_core::test_kit::record("b");
+        let missing = keepsake_core::SessionId::generate().storage_key();
+        let keys = [
+            a.key.clone(),
+            missing.clone(),
+            b.key.clone(),
+            a.key.clone(),
+            missing,
+            a.key.clone(),
+        ];
+        let found = HashMap::from([(a.key.as_str(), a.clone()), (b.key.as_str(), b.clone())]);
+        assert_eq!(
+            match_records(&keys, found),
+            [
+                Some(a.clone()),
+                None,
+                Some(b),
+                Some(a.clone()),
+                None,
+                Some(a)
+            ]
+        );
+    }
+
+    #[test]
     fn mysql_statements_bind_in_order() {
         // MySQL's `?` is positional, so each statement must use its
         // parameters once, in order: the numbered dialects show it.
         for dialect in [Dialect::Postgres, Dialect::Sqlite] {
             let q = Queries::new(dialect, "t");
+            let groups = q.load_group.iter();
             for sql in [
                 &q.load,
                 &q.create,
@@ -775,7 +1074,10 @@ mod tests {
                 &q.list_for_user,
                 &q.destroy_for_user,
                 &q.destroy_for_user_except,
-            ] {
+            ]
+            .into_iter()
+            .chain(groups)
+            {
                 let mut expected = 1;
                 let marker = if dialect == Dialect::Postgres {
                     '$'

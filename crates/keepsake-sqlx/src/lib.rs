@@ -96,7 +96,7 @@
 //!
 //! | operation | statement |
 //! |---|---|
-//! | `load` | `SELECT … WHERE id = ? AND expires_at > now` |
+//! | `load` | `SELECT … WHERE id = ? AND expires_at > now`; loads waiting at the same moment go together as `WHERE id = ANY(?)` (PostgreSQL) or `WHERE id IN (?, …)`, up to 64 keys a statement (see below) |
 //! | `create` | `INSERT … ON CONFLICT (id) DO UPDATE … WHERE expires_at <= now`: a live row is never overwritten (0 rows: `Cas::Conflict`), an expired one not yet collected is replaced. MySQL: a plain `INSERT`, and a duplicate key is `Cas::Conflict` |
 //! | `save` | `UPDATE … WHERE id = ? AND version = ? AND expires_at > now`; 0 rows is `Cas::Conflict`, and a destroyed or expired record is never re-inserted |
 //! | `touch` | `UPDATE` of `last_activity` and `expires_at` only (`GREATEST`/`MAX` with the stored expiry, so it never moves back), of a live row `WHERE version = ?`; 0 rows is `Cas::Conflict` |
@@ -104,6 +104,18 @@
 //! | `list_for_user` | `SELECT … WHERE user_id = ? AND expires_at > now ORDER BY last_activity DESC, id` |
 //! | `destroy_for_user` | `DELETE … WHERE user_id = ? [AND id <> ?]` (expired rows of the user go too) |
 //! | `gc` | `DELETE` of at most one batch of expired rows per statement, repeated until a batch comes back short |
+//!
+//! # Grouped loads
+//!
+//! A load that finds no other load of the same store in flight goes out at
+//! once, as the single-key statement, so a lone request waits for nothing.
+//! Loads that arrive while one is in flight wait for it and then go out
+//! together, as one statement of up to 64 keys (more are split), and each
+//! gets its own record back, or `None`. There is no timer: under load the
+//! group grows with the round-trip time by itself, and the server answers
+//! one statement instead of dozens. When a grouped statement fails, every
+//! load in it gets that error. Each table (each `with_table_name`) groups
+//! its own loads; clones of a store share theirs.
 //!
 //! `gc` deletes in batches so that it never holds long locks; each store
 //! also has `gc_with_progress` to report the running total after each batch.
@@ -132,6 +144,8 @@
 )]
 
 mod common;
+#[cfg(test)]
+mod grouped_tests;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]

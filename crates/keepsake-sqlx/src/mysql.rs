@@ -7,7 +7,7 @@ use sqlx::MySqlPool;
 use sqlx::migrate::Migrator;
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, index_name,
+    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Loads, Queries, impl_store, index_name,
     pool_options, render_migration, retired_indexes,
 };
 
@@ -45,6 +45,7 @@ pub struct MySqlStore {
     pool: MySqlPool,
     table: String,
     queries: Arc<Queries>,
+    pub(crate) loads: Arc<Loads>,
     gc_batch_size: u64,
     health: Option<Arc<Health>>,
 }
@@ -84,6 +85,7 @@ impl MySqlStore {
                 Dialect::MySql,
                 &Dialect::MySql.quote(DEFAULT_TABLE),
             )),
+            loads: Arc::default(),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }
@@ -140,7 +142,14 @@ impl MySqlStore {
     }
 }
 
-impl_store!(MySqlStore, MySqlPool, KIND, Dialect::MySql, Vec<u8>);
+impl_store!(
+    MySqlStore,
+    MySqlPool,
+    sqlx::MySql,
+    KIND,
+    Dialect::MySql,
+    Vec<u8>
+);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, index_name,
+    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Loads, Queries, impl_store, index_name,
     pool_options, render_migration, retired_indexes, validate_name,
 };
 
@@ -37,6 +37,7 @@ pub struct PostgresStore {
     table: String,
     schema: Option<String>,
     queries: Arc<Queries>,
+    pub(crate) loads: Arc<Loads>,
     gc_batch_size: u64,
     health: Option<Arc<Health>>,
 }
@@ -78,6 +79,7 @@ impl PostgresStore {
                 Dialect::Postgres,
                 &table_ref(None, DEFAULT_TABLE),
             )),
+            loads: Arc::default(),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }
@@ -175,7 +177,14 @@ fn table_ref_of(schema: Option<&str>, table: &str) -> String {
     }
 }
 
-impl_store!(PostgresStore, PgPool, KIND, Dialect::Postgres, String);
+impl_store!(
+    PostgresStore,
+    PgPool,
+    sqlx::Postgres,
+    KIND,
+    Dialect::Postgres,
+    String
+);
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, index_name,
+    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Loads, Queries, impl_store, index_name,
     render_migration, retired_indexes,
 };
 
@@ -42,6 +42,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     table: String,
     queries: Arc<Queries>,
+    pub(crate) loads: Arc<Loads>,
     gc_batch_size: u64,
     health: Option<Arc<Health>>,
 }
@@ -97,6 +98,7 @@ impl SqliteStore {
                 Dialect::Sqlite,
                 &Dialect::Sqlite.quote(DEFAULT_TABLE),
             )),
+            loads: Arc::default(),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }
@@ -137,7 +139,14 @@ fn is_in_memory(url: &str) -> bool {
     url.contains(":memory:") || url.contains("mode=memory")
 }
 
-impl_store!(SqliteStore, SqlitePool, KIND, Dialect::Sqlite, String);
+impl_store!(
+    SqliteStore,
+    SqlitePool,
+    sqlx::Sqlite,
+    KIND,
+    Dialect::Sqlite,
+    String
+);
 
 #[cfg(test)]
 mod tests {
