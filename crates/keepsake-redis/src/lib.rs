@@ -54,7 +54,11 @@
 //!
 //! # One round trip per operation
 //!
-//! - `load`: one `HMGET`.
+//! - `load`: one `HMGET`. On a single node, loads that arrive while another
+//!   is in flight wait for it and then go out together as one pipeline (no
+//!   timer: a load alone goes out at once); each gets its own answer, and a
+//!   failed round trip fails every load in it. On a cluster each load is its
+//!   own command.
 //! - `create`: one Lua script: insert-if-absent, `PEXPIREAT`.
 //! - `save`: one Lua script: compare-and-swap on `version`, then the new
 //!   fields and `PEXPIREAT`. It never re-creates a key that was destroyed or

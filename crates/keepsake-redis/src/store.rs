@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
+use keepsake_core::batch::{Batcher, unshare};
 use keepsake_core::{
     Cas, Error, Record, Report, Result, SessionInfo, SessionStore, StorageKey, now, now_millis,
 };
@@ -65,6 +66,32 @@ const RECONNECT_RETRIES: usize = 1;
 pub struct RedisStore {
     conn: Conn,
     prefix: Arc<str>,
+    /// The loads waiting at the same moment, sent as one pipeline (single
+    /// node only).
+    loads: Arc<Loads>,
+}
+
+/// The fields of one session as `HMGET` returns them.
+type Fields = Vec<Option<Vec<u8>>>;
+
+/// The grouped loads of one store (one prefix): a batcher whose batches
+/// are pipelines of `HMGET`s, each answered on its own.
+#[derive(Debug, Default)]
+struct Loads {
+    batcher: Batcher<StorageKey, RedisResult<Fields>, RedisError>,
+    /// Round trips sent for loads (tests count them).
+    #[cfg(test)]
+    round_trips: std::sync::atomic::AtomicUsize,
+}
+
+impl Loads {
+    /// Notes one round trip sent (in tests; nothing otherwise).
+    #[allow(clippy::unused_self)]
+    fn sent(&self) {
+        #[cfg(test)]
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl RedisStore {
@@ -139,6 +166,7 @@ impl RedisStore {
         Self {
             conn: Conn::Single(manager),
             prefix: DEFAULT_PREFIX.into(),
+            loads: Arc::default(),
         }
     }
 
@@ -148,6 +176,7 @@ impl RedisStore {
         Self {
             conn: Conn::Cluster(connection),
             prefix: DEFAULT_PREFIX.into(),
+            loads: Arc::default(),
         }
     }
 
@@ -157,6 +186,8 @@ impl RedisStore {
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
+        // Loads under two prefixes never share a batch.
+        self.loads = Arc::default();
         self
     }
 
@@ -281,6 +312,35 @@ impl RedisStore {
         }
         record_args(&mut invocation, record, exp_ms, now_ms);
         Ok(invocation)
+    }
+
+    /// One `HMGET` of a session's fields.
+    async fn load_one(&self, key: &StorageKey) -> RedisResult<Fields> {
+        self.loads.sent();
+        redis::cmd("HMGET")
+            .arg(self.session_key(key))
+            .arg(&FIELDS[..])
+            .query_async(&mut self.conn())
+            .await
+    }
+
+    /// One batch of loads on a single node: one `HMGET`, or a pipeline of
+    /// them in one round trip. Each key is answered on its own (a key that
+    /// holds something other than a hash fails only its own load); a
+    /// failure of the round trip fails the whole batch.
+    async fn load_batch(&self, keys: Vec<StorageKey>) -> RedisResult<Vec<RedisResult<Fields>>> {
+        if let [key] = keys.as_slice() {
+            return Ok(vec![self.load_one(key).await]);
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for key in &keys {
+            pipe.cmd("HMGET")
+                .arg(self.session_key(key))
+                .arg(&FIELDS[..]);
+        }
+        self.loads.sent();
+        pipe.query_async(&mut self.conn()).await
     }
 
     async fn load_many(&self, keys: &[StorageKey]) -> RedisResult<Vec<Vec<Option<Vec<u8>>>>> {
@@ -431,14 +491,22 @@ fn text(
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    /// One `HMGET` of the session's fields.
+    /// One `HMGET` of the session's fields. On a single node, the loads
+    /// waiting at the same moment go out together as one pipeline (see
+    /// [`keepsake_core::batch`]); on a cluster, where a pipeline must stay
+    /// within one slot, each load is its own command.
     async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(self.session_key(key))
-            .arg(&FIELDS[..])
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| Error::backend(KIND, "load", e))?;
+        let fail = |e: RedisError| Error::backend(KIND, "load", e);
+        let values = if self.is_cluster() {
+            self.load_one(key).await.map_err(fail)?
+        } else {
+            self.loads
+                .batcher
+                .run(key.clone(), |keys| self.load_batch(keys))
+                .await
+                .map_err(|e| Error::backend(KIND, "load", unshare(e)))?
+                .map_err(fail)?
+        };
         Ok(decode(key, values, now()))
     }
 
@@ -719,6 +787,258 @@ mod tests {
         );
         assert_eq!(bytes(&Value::Nil), None);
         assert_eq!(bytes(&Value::Boolean(false)), None);
+    }
+
+    fn round_trips(store: &RedisStore) -> usize {
+        store
+            .loads
+            .round_trips
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A store on the test server with a prefix of its own.
+    async fn test_store() -> Option<RedisStore> {
+        let url = keepsake_core::test_kit::server_url("KEEPSAKE_TEST_REDIS_URL")?;
+        let key = SessionId::generate().storage_key();
+        let prefix = format!("ks_grouped_{}:", &key.as_str()[..12]);
+        Some(RedisStore::connect(&url).await.unwrap().with_prefix(prefix))
+    }
+
+    /// Deletes every key under the store's prefix.
+    async fn clean(store: &RedisStore) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", store.prefix()))
+            .query_async(&mut store.conn())
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut store.conn())
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Loads every key at once, each on its own task.
+    async fn load_all(store: &RedisStore, keys: &[StorageKey]) -> Vec<Result<Option<Record>>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, key) in keys.iter().enumerate() {
+            let store = store.clone();
+            let key = key.clone();
+            tasks.spawn(async move { (i, store.load(&key).await) });
+        }
+        let mut answers: Vec<_> = (0..keys.len()).map(|_| None).collect();
+        while let Some(done) = tasks.join_next().await {
+            let (i, answer) = done.unwrap();
+            answers[i] = Some(answer);
+        }
+        answers.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// 100 live sessions (each loaded three times), 10 expired ones still
+    /// in Redis and 30 missing, all loaded at once: each load gets its own
+    /// record or `None`, in far fewer round trips than loads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loads_waiting_together_go_out_as_one_pipeline() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let mut live = Vec::new();
+        for i in 0..100 {
+            let mut record = keepsake_core::test_kit::record(&format!(r#"{{"d":{{"n":{i}}}}}"#));
+            if i % 4 == 0 {
+                record.user_id = Some(format!("user {i}"));
+            }
+            assert_eq!(store.create(&record).await.unwrap(), Cas::Applied);
+            live.push(record);
+        }
+        let mut expired = Vec::new();
+        for _ in 0..10 {
+            // Written by hand without a key expiry: only its fields say
+            // that it has expired.
+            let key = SessionId::generate().storage_key();
+            let past = now() - 10;
+            let _: i64 = redis::cmd("HSET")
+                .arg(store.session_key(&key))
+                .arg(&[
+                    ("payload", "{}".to_owned()),
+                    ("version", "1".to_owned()),
+                    ("expires_at", past.to_string()),
+                    ("last_activity", past.to_string()),
+                ])
+                .query_async(&mut store.conn())
+                .await
+                .unwrap();
+            expired.push(key);
+        }
+        let missing: Vec<StorageKey> = (0..30)
+            .map(|_| SessionId::generate().storage_key())
+            .collect();
+        let mut keys = Vec::new();
+        let mut expected = Vec::new();
+        for round in 0..3 {
+            for record in &live {
+                keys.push(record.key.clone());
+                expected.push(Some(record.clone()));
+            }
+            if round == 1 {
+                for key in expired.iter().chain(&missing) {
+                    keys.push(key.clone());
+                    expected.push(None);
+                }
+            }
+        }
+        let before = round_trips(&store);
+        let answers = load_all(&store, &keys).await;
+        let sent = round_trips(&store) - before;
+        for (answer, expected) in answers.into_iter().zip(expected) {
+            assert_eq!(answer.unwrap(), expected);
+        }
+        assert!(sent >= 2, "{sent} round trips");
+        assert!(sent <= 40, "{sent} round trips for {} loads", keys.len());
+
+        let before = round_trips(&store);
+        assert_eq!(
+            store.load(&live[3].key).await.unwrap(),
+            Some(live[3].clone())
+        );
+        assert_eq!(round_trips(&store) - before, 1, "a lone load is one HMGET");
+        clean(&store).await;
+    }
+
+    /// A key that holds something other than a hash fails its own load,
+    /// not the others of its pipeline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_key_fails_only_its_own_load() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let bad = SessionId::generate().storage_key();
+        let _: () = redis::cmd("SET")
+            .arg(store.session_key(&bad))
+            .arg("not a hash")
+            .query_async(&mut store.conn())
+            .await
+            .unwrap();
+        let mut records = Vec::new();
+        for _ in 0..30 {
+            let record = keepsake_core::test_kit::record("{}");
+            assert_eq!(store.create(&record).await.unwrap(), Cas::Applied);
+            records.push(record);
+        }
+        let mut keys: Vec<StorageKey> = records.iter().map(|r| r.key.clone()).collect();
+        for at in [0, 10, 20, 33] {
+            keys.insert(at, bad.clone());
+        }
+        let before = round_trips(&store);
+        let answers = load_all(&store, &keys).await;
+        assert!(round_trips(&store) - before < keys.len() / 2);
+        let mut records = records.into_iter();
+        for (key, answer) in keys.iter().zip(answers) {
+            if *key == bad {
+                assert!(
+                    matches!(
+                        answer,
+                        Err(Error::Backend {
+                            operation: "load",
+                            ..
+                        })
+                    ),
+                    "{answer:?}"
+                );
+            } else {
+                assert_eq!(answer.unwrap(), records.next());
+            }
+        }
+        clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn each_prefix_has_its_own_batcher() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let clone = store.clone();
+        assert!(Arc::ptr_eq(&store.loads, &clone.loads));
+        let other = store.with_prefix("other:");
+        assert!(!Arc::ptr_eq(&other.loads, &clone.loads));
+    }
+
+    /// A round trip that fails (here: the server paused past the response
+    /// timeout) fails every load of its pipeline. Runs a `redis-server` of
+    /// its own, so that pausing it disturbs nothing else.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_round_trip_fails_every_load_in_it() {
+        let binary = std::env::var("KEEPSAKE_TEST_REDIS_SERVER")
+            .unwrap_or_else(|_| "redis-server".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spawned = std::process::Command::new(&binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assert!(
+                    !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+                    "`{binary}` is not installed"
+                );
+                eprintln!("skipped: `{binary}` is not installed");
+                return;
+            }
+            Err(e) => panic!("could not start `{binary}`: {e}"),
+        };
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            if let Ok(store) = RedisStore::connect(&url).await {
+                break store;
+            }
+            assert!(std::time::Instant::now() < deadline, "no redis-server");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let keys: Vec<StorageKey> = (0..40)
+            .map(|_| SessionId::generate().storage_key())
+            .collect();
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // Longer than two response timeouts: the first load alone and
+        // then the others together both time out.
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["PAUSE", "3000", "ALL"])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let before = round_trips(&store);
+        let answers = load_all(&store, &keys).await;
+        let sent = round_trips(&store) - before;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(sent < keys.len() / 2, "{sent} round trips for 40 loads");
+        for answer in answers {
+            let error = answer.unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    Error::Backend {
+                        store: "redis",
+                        operation: "load",
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+        }
     }
 
     #[tokio::test]
