@@ -182,3 +182,9 @@ pub mod store {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The migration guide's examples (docs/migrating.md), compiled and run as
+/// doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/migrating.md")]
+struct MigratingDoctests;
