@@ -92,13 +92,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// The signed-in user, or the 401 to answer with.
-fn signed_in(session: &Session) -> Result<String, Response> {
-    match session.get::<String>("user") {
-        Ok(Some(user)) => Ok(user),
-        Ok(None) => Err(error(StatusCode::UNAUTHORIZED, "not signed in")),
-        Err(e) => Err(e.into_response()),
-    }
+/// The answer to a request that needs a signed-in user and has none.
+fn not_signed_in() -> Response {
+    error(StatusCode::UNAUTHORIZED, "not signed in")
 }
 
 /// `POST /api/login {"user": "…"}`: signs in (no password: the point is the
@@ -130,9 +126,10 @@ async fn login(session: Session, body: Result<Json<Login>, JsonRejection>) -> Re
 
 /// `GET /api/me`: the user and their notes.
 async fn me(session: Session) -> Response {
-    let user = match signed_in(&session) {
-        Ok(user) => user,
-        Err(response) => return response,
+    let user = match session.get::<String>("user") {
+        Ok(Some(user)) => user,
+        Ok(None) => return not_signed_in(),
+        Err(e) => return e.into_response(),
     };
     let notes = session.get_value("notes").unwrap_or_else(|| json!([]));
     Json(json!({ "user": user, "notes": notes })).into_response()
@@ -141,8 +138,10 @@ async fn me(session: Session) -> Response {
 /// `POST /api/notes {"text": "…"}`: appends a note. Two requests adding
 /// notes at once both land: the layer merges concurrent pushes.
 async fn add_note(session: Session, body: Result<Json<Note>, JsonRejection>) -> Response {
-    if let Err(response) = signed_in(&session) {
-        return response;
+    match session.get::<String>("user") {
+        Ok(Some(_)) => {}
+        Ok(None) => return not_signed_in(),
+        Err(e) => return e.into_response(),
     }
     let Json(note) = match body {
         Ok(body) => body,
