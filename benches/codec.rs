@@ -18,6 +18,7 @@ use http::HeaderMap;
 use http::header::COOKIE;
 use keepsake::{Payload, Record, Session, SessionId};
 use keepsake_core::CommitContext;
+use keepsake_core::commit::plan;
 use serde_json::Value;
 
 const SIZES: [(&str, usize); 3] = [("100B", 100), ("1KiB", 1024), ("16KiB", 16 * 1024)];
@@ -146,13 +147,8 @@ fn payloads(c: &mut Criterion) {
 fn sessions(c: &mut Criterion) {
     let mut group = configure(c, "session");
     let ctx = CommitContext {
-        now: keepsake::now(),
         idle_lifetime: 1800,
-        absolute_lifetime: None,
-        touch_after: 60,
-        ip_address: None,
-        user_agent: None,
-        client_side: false,
+        ..CommitContext::new(keepsake::now())
     };
     for (name, size) in SIZES {
         let id = SessionId::generate();
@@ -165,7 +161,7 @@ fn sessions(c: &mut Criterion) {
                 || Session::from_record(id.clone(), r),
                 |session| {
                     session.increment("counter", 1i64).unwrap();
-                    session.commit_plan(&ctx)
+                    plan(&session, &ctx, false)
                 },
                 criterion::BatchSize::SmallInput,
             );
@@ -178,7 +174,7 @@ fn sessions(c: &mut Criterion) {
                     || Session::from_record(id.clone(), r),
                     |session| {
                         let _ = session.get::<i64>("counter");
-                        session.commit_plan(&ctx)
+                        plan(&session, &ctx, false)
                     },
                     criterion::BatchSize::SmallInput,
                 );

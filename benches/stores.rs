@@ -110,8 +110,9 @@ fn bench_store(c: &mut Criterion, runtime: &Runtime, name: &str, store: Arc<dyn 
             async move {
                 let i = fixture.pick();
                 let now = keepsake::now();
-                store
-                    .touch(&fixture.records[i].key, now, now + 3600)
+                let record = &fixture.records[i];
+                let _ = store
+                    .touch(&record.key, record.version, now, now + 3600)
                     .await
                     .unwrap();
             }

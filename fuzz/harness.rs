@@ -30,7 +30,8 @@ use keepsake::{
     Cas, CsrfLayer, MemoryStore, Payload, Record, Session, SessionId, SessionInfo, SessionLayer,
     SessionStore, StorageKey,
 };
-use keepsake_core::{Commit, CommitContext};
+use keepsake_core::CommitContext;
+use keepsake_core::commit::{Plan, plan};
 use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 
@@ -70,8 +71,14 @@ impl SessionStore for CountingStore {
     async fn save(&self, record: &Record, expected: i64) -> keepsake::Result<Cas> {
         self.inner.save(record, expected).await
     }
-    async fn touch(&self, key: &StorageKey, last: i64, expires: i64) -> keepsake::Result<()> {
-        self.inner.touch(key, last, expires).await
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        version: i64,
+        last: i64,
+        expires: i64,
+    ) -> keepsake::Result<Cas> {
+        self.inner.touch(key, version, last, expires).await
     }
     async fn destroy(&self, key: &StorageKey) -> keepsake::Result<()> {
         self.inner.destroy(key).await
@@ -407,23 +414,17 @@ pub(crate) fn cookie_open(data: &[u8]) {
 
 fn commit_context() -> CommitContext {
     CommitContext {
-        now: keepsake::now(),
         idle_lifetime: 3600,
-        absolute_lifetime: None,
-        touch_after: 60,
-        ip_address: None,
-        user_agent: None,
-        client_side: false,
+        ..CommitContext::new(keepsake::now())
     }
 }
 
 /// What a session holds after its record made a round trip through a store:
 /// the data of the session rebuilt from the record it would write.
 fn round_trip(session: &Session) -> Option<(Map<String, Value>, Map<String, Value>)> {
-    let plan = session.commit_plan(&commit_context());
-    let record = match plan {
-        Commit::Create { record, .. } | Commit::Save { record, .. } => record,
-        Commit::Nothing | Commit::Touch { .. } | Commit::Destroy { .. } => return None,
+    let record = match plan(session, &commit_context(), false).ok()? {
+        Plan::Create { record, .. } | Plan::Save { record, .. } => record,
+        Plan::Nothing | Plan::Touch { .. } | Plan::Destroy { .. } => return None,
     };
     let back = Session::from_record(session.id(), &record);
     Some((session.all(), back.all()))

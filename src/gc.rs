@@ -270,7 +270,7 @@ mod tests {
         async fn save(&self, _: &Record, _: i64) -> Result<Cas> {
             unused()
         }
-        async fn touch(&self, _: &StorageKey, _: i64, _: i64) -> Result<()> {
+        async fn touch(&self, _: &StorageKey, _: i64, _: i64, _: i64) -> Result<Cas> {
             unused()
         }
         async fn destroy(&self, _: &StorageKey) -> Result<()> {
@@ -441,7 +441,7 @@ mod tests {
         async fn save(&self, _: &Record, _: i64) -> Result<Cas> {
             unused()
         }
-        async fn touch(&self, _: &StorageKey, _: i64, _: i64) -> Result<()> {
+        async fn touch(&self, _: &StorageKey, _: i64, _: i64, _: i64) -> Result<Cas> {
             unused()
         }
         async fn destroy(&self, _: &StorageKey) -> Result<()> {

@@ -64,15 +64,24 @@
 //! Every stored record has a version, and every save is compare-and-swap on
 //! it. When two requests of one session overlap and the other one saved first,
 //! the layer reloads the record, replays this request's change set on top of
-//! it (puts, forgets, pushes, increments, flashes … in order) and tries again,
-//! a bounded number of times. So:
+//! it (puts, forgets, pushes, increments, flashes … in order), checks that
+//! everything the handler read still reads the same, and tries again, a
+//! bounded number of times. The rule, for every interleaving: the stored
+//! session and every response sent match some serial order of the requests
+//! consistent with what each handler read and returned
+//! ([docs/semantics.md](https://github.com/keepsake-rs/keepsake/blob/main/docs/semantics.md)
+//! has it op by op, with its three documented exceptions). So:
 //!
 //! - writes to different keys by concurrent requests all land;
 //! - increments all count (two tabs incrementing a counter 100 times each end
 //!   at 200);
 //! - the same key ends with the value of the later save;
-//! - a session destroyed meanwhile (a logout in another tab) is never brought
-//!   back by a late save;
+//! - a request that read a value another request changed meanwhile, or whose
+//!   change no longer applies, is not saved and gets a 409
+//!   ([`Error::Stale`], [`Error::Replay`]) instead of overwriting it;
+//! - a session destroyed or moved to a new id meanwhile (a logout or a login
+//!   in another tab) is never brought back by a late save, and the late
+//!   request gets a 409 ([`Error::Ended`]), never a silent success;
 //! - creating a session is insert-if-absent, so an id collision can never
 //!   overwrite another user's session;
 //! - [`regenerate`](Session::regenerate) stores the new record before it
@@ -122,7 +131,7 @@
 //! | `mysql` | `MySqlStore` (MySQL and MariaDB) | no |
 //! | `file` | `FileStore` (one file per session, atomic writes, locks) | no |
 //! | `cookie` | `CookieStore` (the session encrypted in the cookie), `Key`, `Keys` | no |
-//! | `encryption` | `EncryptedStore` (AES-256-GCM payloads at rest), `Key`, `Keys` | no |
+//! | `encryption` | `EncryptedStore` (XChaCha20-Poly1305 payloads at rest), `Key`, `Keys` | no |
 //! | `redis` | `RedisStore` (Redis and Redis Cluster) | no |
 //! | `memcached` | `MemcachedStore` | no |
 //! | `testing` | the `testing` module: a test client and session assertions | no |
@@ -145,9 +154,9 @@ pub use config::{SessionConfig, from_env};
 pub use csrf::CsrfLayer;
 pub use gc::{GcHandle, spawn_gc};
 pub use keepsake_core::{
-    BoxError, Cas, ClientSideStore, Error, MemoryStore, Meta, Payload, Record, Result,
-    SESSION_ID_LEN, STORAGE_KEY_LEN, Session, SessionFailure, SessionHandle, SessionId,
-    SessionInfo, SessionRejection, SessionStore, StorageKey, async_trait, now,
+    BoxError, Cas, ClientSideStore, Error, MAX_DEPTH, MAX_USER_ID_LEN, MemoryStore, Meta, Payload,
+    Record, Result, SESSION_ID_LEN, STORAGE_KEY_LEN, Session, SessionFailure, SessionHandle,
+    SessionId, SessionInfo, SessionRejection, SessionStore, StorageKey, async_trait, now,
 };
 pub use middleware::{SameSite, SessionLayer, SessionService, SessionSource};
 

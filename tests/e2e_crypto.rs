@@ -234,3 +234,71 @@ async fn encrypted_sqlite_store_hides_the_payload_on_disk() {
     );
     assert!(!grep_dir(dir.path()), "the database files hold plaintext");
 }
+
+/// A field of `tests/fixtures/format1.txt`: values sealed through the layer
+/// in format 1 (AES-256-GCM) before format 2 replaced it.
+fn format1(name: &str) -> String {
+    include_str!("fixtures/format1.txt")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("fixture field {name}"))
+        .trim()
+        .to_owned()
+}
+
+fn format_byte(value: &str) -> u8 {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(value)
+        .unwrap()[0]
+}
+
+#[tokio::test]
+async fn a_format_1_cookie_still_opens_and_is_resealed_as_format_2() {
+    let old = Key::from_base64(&format1("key")).unwrap();
+    let client = cookie_client(Keys::new(Key::generate()).with_previous(old));
+    let cookie = format1("cookie");
+    assert_eq!(format_byte(&cookie), 1);
+    client.set_cookie(Some(cookie.clone()));
+    let r = run(&client, json!([["get", "theme"], ["put", "seen", true]])).await;
+    assert_eq!(ok(&r[0]), json!("dark"));
+    let resealed = client.cookie().unwrap();
+    assert_ne!(resealed, cookie);
+    assert_eq!(format_byte(&resealed), 2);
+    let r = run(&client, json!([["get", "theme"], ["get", "seen"]])).await;
+    assert_eq!((ok(&r[0]), ok(&r[1])), (json!("dark"), json!(true)));
+}
+
+#[tokio::test]
+async fn a_format_1_payload_at_rest_still_opens_and_is_rewritten_as_format_2() {
+    let old = Key::from_base64(&format1("key")).unwrap();
+    let id = keepsake::SessionId::parse(&format1("id")).unwrap();
+    let inner = Arc::new(MemoryStore::new());
+    let stored = keepsake::Record {
+        key: id.storage_key(),
+        payload: format1("payload"),
+        last_activity: format1("last_activity").parse().unwrap(),
+        expires_at: format1("expires_at").parse().unwrap(),
+        version: 1,
+        user_id: None,
+        ip_address: None,
+        user_agent: None,
+    };
+    assert_eq!(format_byte(&stored.payload), 1);
+    assert_eq!(inner.create(&stored).await.unwrap(), keepsake::Cas::Applied);
+    let store = EncryptedStore::new(
+        Arc::clone(&inner),
+        Keys::new(Key::generate()).with_previous(old),
+    );
+    let client = TestClient::new(app(), SessionLayer::new(store).with_lottery(0, 1));
+    client.set_cookie(Some(id.as_str().to_owned()));
+    let r = run(&client, json!([["get", "theme"], ["put", "seen", true]])).await;
+    assert_eq!(ok(&r[0]), json!("dark"));
+    assert_eq!(client.cookie().as_deref(), Some(id.as_str()));
+    let raw = inner.load(&id.storage_key()).await.unwrap().unwrap();
+    assert!(raw.version > 1);
+    assert_eq!(format_byte(&raw.payload), 2);
+    let r = run(&client, json!([["get", "theme"], ["get", "seen"]])).await;
+    assert_eq!((ok(&r[0]), ok(&r[1])), (json!("dark"), json!(true)));
+}

@@ -437,8 +437,8 @@ async fn regenerate_keeps_the_session_when_storing_the_new_record_fails() {
 /// Two tabs: one logs in (`regenerate`) while the other adds to the cart,
 /// and the cart is saved while the login is still running. The login retires
 /// the old record by compare-and-swap, sees the cart write, and carries it
-/// into the logged-in session (DESIGN.md §3: distinct keys written by
-/// concurrent requests all land).
+/// into the logged-in session (docs/semantics.md: distinct keys
+/// written by concurrent requests all land).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_saved_while_another_tab_logs_in_is_carried_into_the_new_session() {
     let (_store, _handle, layer) = faulty_memory();
@@ -460,19 +460,27 @@ async fn a_write_saved_while_another_tab_logs_in_is_carried_into_the_new_session
 
 /// The other order: a request that loaded the session before a login and
 /// saves after the login retired the old record is not carried into the
-/// logged-in session (a request begun before login must not write into it:
-/// session fixation), and does not bring the old record back.
+/// logged-in session, does not bring the old record back, and is not
+/// answered with a silent success: it fails with 409 (`Error::Ended`) and
+/// sends no cookie (docs/semantics.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_saved_after_another_tab_logged_in_is_not_carried_over() {
+async fn a_write_saved_after_another_tab_logged_in_fails_with_409() {
     let (store, _handle, layer) = faulty_memory();
     let client = TestClient::new(common::app(), layer);
     common::run(&client, json!([["put", "user", "ada"]])).await;
     let old = client.cookie().unwrap();
     let slow_tab = client.fork();
-    let slow = tokio::spawn(async move { slow_tab.post("/slow/late", &[]).await.status });
+    let slow = tokio::spawn(async move {
+        let response = slow_tab.post("/slow/late", &[]).await;
+        (response.status.as_u16(), response.set_cookies().len())
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
     common::run(&client, json!([["regenerate"], ["put", "logged_in", true]])).await;
-    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        slow.await.unwrap(),
+        (409, 0),
+        "a late write is refused, and the browser keeps the new id"
+    );
     assert!(
         raw(&*store, &old).await.is_none(),
         "the old record stays retired"

@@ -1,7 +1,7 @@
 //! Model-based tests: random sequences of requests, each a random list of
 //! session operations run through the layer (the `/run` route of the test
 //! app), checked step by step against a plain reference model of the
-//! session contract (SEMANTICS.md): a JSON map, the two flash lists, the
+//! session contract (the crate docs and docs/semantics.md): a JSON map, the two flash lists, the
 //! token, the id, and whether the session is stored.
 //!
 //! After every request the model also checks what the browser holds (the
@@ -123,7 +123,7 @@ fn wire(op: &Op) -> Value {
 }
 
 // ---------------------------------------------------------------------------
-// The reference model, written from SEMANTICS.md.
+// The reference model, written from the session contract of the crate docs.
 
 /// Dot paths over objects. A segment that addresses a list (none of ours is
 /// numeric) turns it into an object keyed by its indices, and a scalar in
@@ -412,7 +412,7 @@ impl Model {
             paths::remove(&mut self.data, &key);
         }
         self.old = std::mem::take(&mut self.new);
-        // A session with nothing in it is never stored (SEMANTICS.md,
+        // A session with nothing in it is never stored (the crate docs,
         // "Saving"); a stored one that is emptied stays stored.
         let empty = self.data.is_empty() && self.token == Token::Absent;
         if (self.id_changed || !self.stored) && empty {

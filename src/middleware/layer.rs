@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum_core::response::Response;
 use http::HeaderName;
-use keepsake_core::{SessionFailure, SessionStore};
+use keepsake_core::{CommitLocks, SessionFailure, SessionStore};
 use tower_layer::Layer;
 
 use super::service::SessionService;
@@ -219,32 +219,12 @@ impl fmt::Debug for Config {
 pub struct SessionLayer {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) config: Arc<Config>,
+    /// Serialize the commits of one session within this process: concurrent
+    /// requests of a session then conflict at most once each, and
+    /// compare-and-swap conflicts are left to other processes.
     pub(crate) commits: Arc<CommitLocks>,
     /// Set while a lottery gc runs: at most one at a time per layer.
     pub(crate) gc_running: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Striped locks that serialize the commits of one session within this
-/// process: concurrent requests of a session then conflict at most once each
-/// (their reload and replay happen under the lock), and compare-and-swap
-/// conflicts are left to other processes sharing the store.
-pub(crate) struct CommitLocks(Box<[tokio::sync::Mutex<()>]>);
-
-impl CommitLocks {
-    pub(crate) fn for_key(&self, key: &keepsake_core::StorageKey) -> &tokio::sync::Mutex<()> {
-        let bytes = key.as_str().as_bytes();
-        let stripe = bytes.iter().take(4).fold(0usize, |acc, b| {
-            acc.wrapping_mul(31).wrapping_add(usize::from(*b))
-        });
-        &self.0[stripe % self.0.len()]
-    }
-}
-
-impl Default for CommitLocks {
-    fn default() -> Self {
-        // 1,024 stripes: two busy sessions rarely share one.
-        Self((0..1024).map(|_| tokio::sync::Mutex::new(())).collect())
-    }
 }
 
 impl fmt::Debug for SessionLayer {

@@ -11,7 +11,7 @@ use axum_core::response::Response;
 use http::header::{CACHE_CONTROL, SET_COOKIE, USER_AGENT, VARY};
 use http::{HeaderValue, Method, Request};
 use keepsake_core::{
-    Cas, Commit, CommitContext, Error, Loader, Report, Session, SessionFailure, SessionHandle,
+    CommitContext, Error, Loader, Outcome, Report, Session, SessionFailure, SessionHandle,
     SessionId, SessionStore, default_error_response,
 };
 use rand::Rng as _;
@@ -294,13 +294,6 @@ fn fingerprint(binding: super::Binding, ip: Option<&str>, agent: Option<&str>) -
     hex::encode(&hasher.finalize()[..16])
 }
 
-/// What to do with the session cookie.
-enum CookieAction {
-    Keep,
-    Set { value: String, expires_at: i64 },
-    Remove,
-}
-
 /// After the handler: the session's one write, the cookie, the lottery.
 pub(crate) async fn finish(
     layer: &SessionLayer,
@@ -309,14 +302,17 @@ pub(crate) async fn finish(
     mut response: Response,
 ) -> Response {
     let config = &layer.config;
-    if response.status().is_server_error() && !config.save_on_server_error {
+    let server_error = response.status().is_server_error();
+    if config.cache_headers {
+        add_cache_headers(config, &mut response);
+    }
+    if server_error && !config.save_on_server_error {
         return response;
     }
     if let Some(url) = info.previous_url.as_deref()
         && response.status().is_success()
-        && session.previous_url().as_deref() != Some(url)
     {
-        session.set_previous_url(url);
+        session.track_previous_url(url);
     }
 
     if let Some(fingerprint) = &info.fingerprint
@@ -332,12 +328,18 @@ pub(crate) async fn finish(
         (true, Some(_), SessionSource::Cookie) => (true, false),
         (use_cookie, header, _) => (use_cookie, header.is_some()),
     };
-    if config.cache_headers {
-        add_cache_headers(config, &mut response);
-    }
-    match commit(layer, &session, &info, now).await {
-        Ok(CookieAction::Keep) => {}
-        Ok(CookieAction::Set { value, expires_at }) => {
+    let ctx = CommitContext {
+        now,
+        idle_lifetime: config.idle_lifetime.as_secs(),
+        absolute_lifetime: config.absolute_lifetime.map(|d| d.as_secs()),
+        touch_after: config.touch_after.as_secs(),
+        ip_address: info.ip_address,
+        user_agent: info.user_agent,
+        max_save_attempts: config.max_save_attempts,
+    };
+    match keepsake_core::commit::commit(&session, &*layer.store, &*layer.commits, &ctx).await {
+        Ok(Outcome::Keep) => {}
+        Ok(Outcome::Send { value, expires_at }) => {
             if via_cookie {
                 let max_age = (!config.expire_on_close).then(|| expires_at - now);
                 append_cookie(&mut response, &cookie::set(config, &value, max_age));
@@ -345,22 +347,36 @@ pub(crate) async fn finish(
             if via_header {
                 set_id_header(config, &mut response, &value);
             }
+            forbid_shared_caching(&mut response);
         }
-        Ok(CookieAction::Remove) => {
+        Ok(Outcome::Remove) => {
             if via_cookie {
                 append_cookie(&mut response, &cookie::remove(config));
             }
             if via_header {
                 set_id_header(config, &mut response, "");
             }
+            forbid_shared_caching(&mut response);
         }
         Err(error) => {
-            tracing::error!(
-                store = layer.store.kind(),
-                error = %Report(&error),
-                "saving the session failed"
-            );
-            return error_response(config, &SessionFailure::new(error));
+            if error.is_concurrent() {
+                tracing::warn!(
+                    store = layer.store.kind(),
+                    error = %Report(&error),
+                    "a concurrent request of this session made this request's changes unsaveable"
+                );
+            } else {
+                tracing::error!(
+                    store = layer.store.kind(),
+                    error = %Report(&error),
+                    "saving the session failed"
+                );
+            }
+            let mut failed = error_response(config, &SessionFailure::new(error));
+            if config.cache_headers {
+                add_cache_headers(config, &mut failed);
+            }
+            return failed;
         }
     }
 
@@ -375,7 +391,8 @@ fn set_id_header(config: &Config, response: &mut Response, value: &str) {
 }
 
 /// `Vary` on what carries the id, and `Cache-Control: private` unless the
-/// handler chose its own caching.
+/// handler chose its own caching. Added to every response of a request that
+/// used its session, error responses included.
 fn add_cache_headers(config: &Config, response: &mut Response) {
     let headers = response.headers_mut();
     let varies_on = |name: &str| {
@@ -403,6 +420,43 @@ fn add_cache_headers(config: &Config, response: &mut Response) {
     }
 }
 
+/// A response that sets or removes the session id must never be stored by a
+/// shared cache, whatever the handler said: `private` (or `no-store`) wins,
+/// and `public` and `s-maxage` go.
+fn forbid_shared_caching(response: &mut Response) {
+    let headers = response.headers_mut();
+    let directives: Vec<String> = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let name = |d: &str| {
+        d.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    };
+    if directives
+        .iter()
+        .any(|d| matches!(name(d).as_str(), "private" | "no-store"))
+    {
+        return;
+    }
+    let mut kept: Vec<String> = directives
+        .into_iter()
+        .filter(|d| !matches!(name(d).as_str(), "public" | "s-maxage"))
+        .collect();
+    kept.insert(0, "private".to_owned());
+    if let Ok(value) = HeaderValue::from_str(&kept.join(", ")) {
+        headers.insert(CACHE_CONTROL, value);
+    }
+}
+
 fn append_cookie(response: &mut Response, value: &str) {
     match HeaderValue::from_str(value) {
         Ok(value) => {
@@ -410,212 +464,6 @@ fn append_cookie(response: &mut Response, value: &str) {
         }
         Err(_) => tracing::error!("session cookie is not a valid header value; not sent"),
     }
-}
-
-/// Carries out the session's write: create, compare-and-swap save (reload,
-/// replay and retry on conflict), touch, destroy, or nothing.
-async fn commit(
-    layer: &SessionLayer,
-    session: &Session,
-    info: &RequestInfo,
-    now: i64,
-) -> Result<CookieAction, Error> {
-    let config = &layer.config;
-    let store: &dyn SessionStore = &*layer.store;
-    let client = store.client_side();
-    let ctx = CommitContext {
-        now,
-        idle_lifetime: config.idle_lifetime.as_secs(),
-        absolute_lifetime: config.absolute_lifetime.map(|d| d.as_secs()),
-        touch_after: config.touch_after.as_secs(),
-        ip_address: info.ip_address.clone(),
-        user_agent: info.user_agent.clone(),
-        client_side: client.is_some(),
-    };
-    let mut plan = session.commit_plan(&ctx);
-    // Writes to a stored record are serialized in this process, so the
-    // compare-and-swap conflicts only with other instances; reads, touches
-    // and new sessions take no lock.
-    let serialize = match &plan {
-        Commit::Save { record, .. } => Some(&record.key),
-        Commit::Create {
-            replaces: Some(old),
-            ..
-        } => Some(old),
-        _ => None,
-    };
-    let _serialized = match serialize {
-        Some(key) if client.is_none() => Some(layer.commits.for_key(key).lock().await),
-        _ => None,
-    };
-    let mut collisions = 0;
-    let mut attempts = 0;
-    loop {
-        match plan {
-            // An unknown id that led to nothing stored is left alone rather
-            // than removed: the browser may meanwhile hold a newer cookie from
-            // a concurrent response (a login in another tab), which a removal
-            // would delete.
-            Commit::Nothing => return Ok(CookieAction::Keep),
-            Commit::Create { record, replaces } => {
-                if let Some(client) = client {
-                    let value = client.seal(&session.id(), &record)?;
-                    let expires_at = record.expires_at;
-                    session.committed(record);
-                    return Ok(CookieAction::Set { value, expires_at });
-                }
-                let old_version = session.loaded_version();
-                match store.create(&record).await? {
-                    Cas::Applied => {
-                        let record = match (replaces, old_version) {
-                            (Some(old), Some(version)) => {
-                                retire(store, session, &ctx, old, version, record).await?
-                            }
-                            _ => record,
-                        };
-                        let expires_at = record.expires_at;
-                        session.committed(record);
-                        return Ok(CookieAction::Set {
-                            value: session.id().as_str().to_owned(),
-                            expires_at,
-                        });
-                    }
-                    Cas::Conflict => {
-                        collisions += 1;
-                        if collisions >= 3 {
-                            return Err(Error::IdCollision {
-                                attempts: collisions,
-                            });
-                        }
-                        session.reassign_id();
-                    }
-                }
-            }
-            Commit::Save { record, expected } => {
-                if let Some(client) = client {
-                    let value = client.seal(&session.id(), &record)?;
-                    let expires_at = record.expires_at;
-                    session.committed(record);
-                    return Ok(CookieAction::Set { value, expires_at });
-                }
-                attempts += 1;
-                match store.save(&record, expected).await? {
-                    Cas::Applied => {
-                        let expires_at = record.expires_at;
-                        session.committed(record);
-                        return Ok(CookieAction::Set {
-                            value: session.id().as_str().to_owned(),
-                            expires_at,
-                        });
-                    }
-                    Cas::Conflict if attempts >= config.max_save_attempts => {
-                        return Err(Error::Conflict { attempts });
-                    }
-                    Cas::Conflict => {
-                        tracing::debug!(session = %record.key.short(), attempts, "save conflicted; replaying");
-                        keepsake_core::instrument::record_retry(store.kind());
-                        if attempts > 1 {
-                            // Another process keeps winning: spread the retries.
-                            let cap = 1u64 << attempts.min(6);
-                            let pause = rand::rng().random_range(0..=cap);
-                            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                        }
-                        let fresh = store.load(&record.key).await?;
-                        if !session.rebase(fresh.as_ref()) {
-                            // Destroyed meanwhile (a logout or login in another
-                            // tab): never resurrected, and the cookie is left to
-                            // the request that destroyed it.
-                            tracing::debug!(
-                                session = %record.key.short(),
-                                "session was destroyed by a concurrent request; not saved"
-                            );
-                            return Ok(CookieAction::Keep);
-                        }
-                    }
-                }
-            }
-            Commit::Touch {
-                key,
-                last_activity,
-                expires_at,
-            } => {
-                store.touch(&key, last_activity, expires_at).await?;
-                return Ok(CookieAction::Set {
-                    value: session.id().as_str().to_owned(),
-                    expires_at,
-                });
-            }
-            Commit::Destroy { key } => {
-                if client.is_none() {
-                    store.destroy(&key).await?;
-                }
-                return Ok(CookieAction::Remove);
-            }
-        }
-        plan = session.commit_plan(&ctx);
-    }
-}
-
-/// Retires the record of the old id after `regenerate` stored the new one.
-///
-/// The old record is expired by a compare-and-swap save at the version this
-/// request loaded, not destroyed blindly: if a concurrent request of the same
-/// session saved to it meanwhile (another tab adding to a cart while this one
-/// logs in), the save conflicts, and that request's changes are carried into
-/// the new record before the old one is retired again. Returns the new record
-/// as finally stored.
-async fn retire(
-    store: &dyn SessionStore,
-    session: &Session,
-    ctx: &CommitContext,
-    old: keepsake_core::StorageKey,
-    mut expected: i64,
-    mut new: keepsake_core::Record,
-) -> Result<keepsake_core::Record, Error> {
-    for _ in 0..16 {
-        let tombstone = keepsake_core::Record {
-            key: old.clone(),
-            payload: String::new(),
-            last_activity: ctx.now,
-            expires_at: ctx.now - 1,
-            version: expected + 1,
-            user_id: None,
-            ip_address: None,
-            user_agent: None,
-        };
-        if store.save(&tombstone, expected).await?.is_applied() {
-            // The old id no longer loads; removing the expired record now only
-            // frees the space (gc would do it too), so a failure here does not
-            // fail the request.
-            if let Err(error) = store.destroy(&old).await {
-                tracing::warn!(
-                    session = %old.short(),
-                    error = %Report(&error),
-                    "removing the retired session record failed; gc will remove it"
-                );
-            }
-            return Ok(new);
-        }
-        let Some(fresh) = store.load(&old).await? else {
-            // Gone already (destroyed by another request, or expired).
-            return Ok(new);
-        };
-        expected = fresh.version;
-        session.rebase(Some(&fresh));
-        let Commit::Create { record, .. } = session.commit_plan(ctx) else {
-            // The concurrent changes emptied the session: keep what is stored.
-            continue;
-        };
-        let carried = keepsake_core::Record {
-            version: new.version + 1,
-            ..record
-        };
-        if !store.save(&carried, new.version).await?.is_applied() {
-            return Err(Error::Conflict { attempts: 1 });
-        }
-        new = carried;
-    }
-    Err(Error::Conflict { attempts: 16 })
 }
 
 /// With probability `hits / out_of`, collects expired sessions on a spawned

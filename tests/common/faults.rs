@@ -252,9 +252,15 @@ impl<S: SessionStore> SessionStore for Faulty<S> {
         self.count_conflict(&result);
         self.leave(SAVE, result)
     }
-    async fn touch(&self, key: &StorageKey, last: i64, expires: i64) -> keepsake::Result<()> {
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        version: i64,
+        last: i64,
+        expires: i64,
+    ) -> keepsake::Result<Cas> {
         self.enter(TOUCH).await?;
-        let result = self.inner.touch(key, last, expires).await;
+        let result = self.inner.touch(key, version, last, expires).await;
         self.leave(TOUCH, result)
     }
     async fn destroy(&self, key: &StorageKey) -> keepsake::Result<()> {

@@ -230,9 +230,15 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         self.calls[SAVE].fetch_add(1, Ordering::SeqCst);
         self.inner.save(record, expected).await
     }
-    async fn touch(&self, key: &StorageKey, last: i64, expires: i64) -> keepsake::Result<()> {
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        version: i64,
+        last: i64,
+        expires: i64,
+    ) -> keepsake::Result<Cas> {
         self.calls[TOUCH].fetch_add(1, Ordering::SeqCst);
-        self.inner.touch(key, last, expires).await
+        self.inner.touch(key, version, last, expires).await
     }
     async fn destroy(&self, key: &StorageKey) -> keepsake::Result<()> {
         self.calls[DESTROY].fetch_add(1, Ordering::SeqCst);
@@ -297,9 +303,15 @@ impl<S: SessionStore> SessionStore for Failing<S> {
         self.check(SAVE, "save")?;
         self.inner.save(record, expected).await
     }
-    async fn touch(&self, key: &StorageKey, last: i64, expires: i64) -> keepsake::Result<()> {
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        version: i64,
+        last: i64,
+        expires: i64,
+    ) -> keepsake::Result<Cas> {
         self.check(TOUCH, "touch")?;
-        self.inner.touch(key, last, expires).await
+        self.inner.touch(key, version, last, expires).await
     }
     async fn destroy(&self, key: &StorageKey) -> keepsake::Result<()> {
         self.check(DESTROY, "destroy")?;

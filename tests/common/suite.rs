@@ -36,7 +36,7 @@ where
     two_instances(make().await, make().await).await;
 }
 
-/// Every flash timeline of SEMANTICS.md, one request per step.
+/// Every flash timeline of the crate docs, one request per step.
 pub async fn flash_timelines(client: &TestClient) {
     // flash: the next request sees it, the one after does not.
     let c = client.new_browser();
@@ -188,17 +188,21 @@ pub async fn concurrent_increments(client: &TestClient, n: usize) {
 }
 
 /// A request that saves after another one invalidated the session does not
-/// bring it back.
+/// bring it back, and is answered as failed (409, no cookie), never with a
+/// silent success.
 pub async fn destroyed_is_not_resurrected(client: &TestClient, store: &Arc<dyn SessionStore>) {
     let r = run(client, json!([["put", "user", "ada"], ["id"]])).await;
     let old = SessionId::parse(ok(&r[1]).as_str().unwrap()).unwrap();
     let slow_tab = client.fork();
-    let slow = tokio::spawn(async move { slow_tab.post("/slow/late", &[]).await.status });
+    let slow = tokio::spawn(async move {
+        let response = slow_tab.post("/slow/late", &[]).await;
+        (response.status.as_u16(), response.set_cookies().len())
+    });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let logout = client.new_browser();
     logout.set_cookie(Some(old.as_str().to_owned()));
     run(&logout, json!([["invalidate"]])).await;
-    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(slow.await.unwrap(), (409, 0), "the late write is refused");
     assert!(
         store.load(&old.storage_key()).await.unwrap().is_none(),
         "a late save must not resurrect a destroyed session"

@@ -32,7 +32,7 @@ const HAS_IP_ADDRESS: u8 = 2;
 const HAS_USER_AGENT: u8 = 4;
 
 /// Sessions kept entirely in the client's cookie, encrypted and
-/// authenticated with AES-256-GCM: no server-side state at all.
+/// authenticated with XChaCha20-Poly1305: no server-side state at all.
 ///
 /// See the [crate documentation](crate) for when to choose it and what it
 /// cannot do (notably: a session cannot be revoked before it expires).
@@ -47,8 +47,10 @@ const HAS_USER_AGENT: u8 = 4;
 /// # The cookie value
 ///
 /// base64url without padding (only `A–Z a–z 0–9 - _`, safe in a cookie
-/// unquoted) of: a format byte, a random 96-bit nonce, the AES-256-GCM
-/// ciphertext and its 16-byte tag. The plaintext is compact binary: the
+/// unquoted) of: the format byte 2, a random 192-bit nonce, the
+/// XChaCha20-Poly1305 ciphertext and its 16-byte tag. Values of format 1
+/// (AES-256-GCM, 96-bit nonce), sealed by earlier versions, still open until
+/// keepsake 0.3 (see [sealed formats](crate#sealed-formats)). The plaintext is compact binary: the
 /// 32 bytes of the session id, `last_activity`, `expires_at` and `version`
 /// (8 bytes each), a byte of flags, each of `user_id`, `ip_address`,
 /// `user_agent` that is set as a 2-byte length and its bytes, then the
@@ -319,9 +321,15 @@ impl SessionStore for CookieStore {
         Ok(Cas::Applied)
     }
 
-    /// Does nothing: the expiry travels in the cookie.
-    async fn touch(&self, _key: &StorageKey, _last_activity: i64, _expires_at: i64) -> Result<()> {
-        Ok(())
+    /// Does nothing and reports `Applied`: the expiry travels in the cookie.
+    async fn touch(
+        &self,
+        _key: &StorageKey,
+        _expected_version: i64,
+        _last_activity: i64,
+        _expires_at: i64,
+    ) -> Result<Cas> {
+        Ok(Cas::Applied)
     }
 
     /// Does nothing: the layer removes the cookie.

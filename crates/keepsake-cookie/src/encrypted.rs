@@ -11,12 +11,15 @@ use crate::key::Keys;
 const PURPOSE: &[u8] = b"keepsake session payload";
 
 /// Wraps any [`SessionStore`] so that [`Record::payload`] is encrypted with
-/// AES-256-GCM before the inner store sees it, and decrypted after it is
+/// XChaCha20-Poly1305 before the inner store sees it, and decrypted after it is
 /// loaded.
 ///
 /// - The stored payload is base64url text (no padding), so text columns keep
-///   working: one format byte, a random 96-bit nonce, the ciphertext and the
-///   16-byte tag.
+///   working: the format byte 2, a random 192-bit nonce, the ciphertext and
+///   the 16-byte tag. Payloads of format 1 (AES-256-GCM), stored by earlier
+///   versions, still decrypt until keepsake 0.3 and are rewritten in format 2
+///   when their session is next saved (see
+///   [sealed formats](crate#sealed-formats)).
 /// - The record's storage key is bound as associated data: a payload copied
 ///   into another session's row does not decrypt.
 /// - Only the payload is encrypted. The fields the store indexes or expires
@@ -133,8 +136,16 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
             .await
     }
 
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
-        self.inner.touch(key, last_activity, expires_at).await
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
+        self.inner
+            .touch(key, expected_version, last_activity, expires_at)
+            .await
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<()> {

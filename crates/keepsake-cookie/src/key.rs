@@ -1,29 +1,47 @@
-//! [`Key`], [`Keys`], and the AES-256-GCM sealing both stores share.
+//! [`Key`], [`Keys`], and the sealing both stores share.
+//!
+//! A sealed value is `format ‖ nonce ‖ ciphertext ‖ tag`. The first byte
+//! names the format:
+//!
+//! - **2**, what [`Keys::seal`] writes: XChaCha20-Poly1305 with a random
+//!   192-bit nonce. Random nonces of that size never collide in practice, so
+//!   the number of values sealed under one key has no practical bound.
+//! - **1**, written by earlier versions: AES-256-GCM with a random 96-bit
+//!   nonce, safe for only about 2^32 seals per key. Values of this format
+//!   still open, until keepsake 0.3; nothing seals it any more.
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::Aes256Gcm;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit as _, Payload};
 use keepsake_core::{Error, Result};
 use rand::TryRngCore as _;
 use rand::rngs::OsRng;
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
-/// Length of an AES-256 key in bytes: also the least key material accepted.
+/// Length of a key in bytes (256 bits): also the least key material accepted.
 pub const KEY_LEN: usize = 32;
 
-/// The format version of sealed data: the first byte of every ciphertext.
-const FORMAT: u8 = 1;
-const NONCE_LEN: usize = 12;
+/// Sealed format 1: AES-256-GCM, 96-bit nonce. Opened only, until 0.3.
+const FORMAT_AES_GCM: u8 = 1;
+/// Sealed format 2: XChaCha20-Poly1305, 192-bit nonce. What [`Keys::seal`]
+/// writes.
+const FORMAT_XCHACHA: u8 = 2;
+const AES_GCM_NONCE_LEN: usize = 12;
+const XCHACHA_NONCE_LEN: usize = 24;
+/// The tag length of both formats.
 const TAG_LEN: usize = 16;
 
 /// Bytes that sealing adds to the plaintext: format byte, nonce, tag.
-pub(crate) const OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+pub(crate) const OVERHEAD: usize = 1 + XCHACHA_NONCE_LEN + TAG_LEN;
 
-/// One AES-256-GCM key.
+/// One 256-bit encryption key: XChaCha20-Poly1305 seals with it, and it
+/// also opens values an earlier release sealed with AES-256-GCM under the
+/// same key (sealed format 1, until 0.3).
 ///
 /// Its [`Debug`](fmt::Debug) output shows a short [fingerprint](Key::fingerprint),
 /// never the key.
@@ -46,7 +64,10 @@ pub(crate) const OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 #[derive(Clone)]
 pub struct Key {
     bytes: Zeroizing<[u8; KEY_LEN]>,
-    cipher: Aes256Gcm,
+    /// Seals and opens format 2.
+    xchacha: XChaCha20Poly1305,
+    /// Opens format 1.
+    aes_gcm: Aes256Gcm,
 }
 
 impl Key {
@@ -62,7 +83,7 @@ impl Key {
         Self::from_array(bytes)
     }
 
-    /// A key from raw bytes: exactly 32 bytes are the AES-256 key; longer
+    /// A key from raw bytes: exactly 32 bytes are the key; longer
     /// material (a 64-byte secret, say) is reduced to 32 bytes with SHA-256.
     ///
     /// # Errors
@@ -131,8 +152,13 @@ impl Key {
     }
 
     fn from_array(bytes: Zeroizing<[u8; KEY_LEN]>) -> Self {
-        let cipher = Aes256Gcm::new(&(*bytes).into());
-        Self { bytes, cipher }
+        let xchacha = XChaCha20Poly1305::new(&(*bytes).into());
+        let aes_gcm = Aes256Gcm::new(&(*bytes).into());
+        Self {
+            bytes,
+            xchacha,
+            aes_gcm,
+        }
     }
 }
 
@@ -238,17 +264,18 @@ impl Keys {
         self.keys.iter()
     }
 
-    /// Encrypts `plaintext` with the primary key, binding `purpose` and
-    /// `context` as associated data: `FORMAT ‖ nonce ‖ ciphertext ‖ tag`.
+    /// Encrypts `plaintext` with the primary key in format 2, binding
+    /// `purpose` and `context` as associated data:
+    /// `2 ‖ 192-bit nonce ‖ ciphertext ‖ tag`.
     pub(crate) fn seal(&self, purpose: &[u8], context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let mut nonce = [0u8; NONCE_LEN];
+        let mut nonce = [0u8; XCHACHA_NONCE_LEN];
         fill_random(&mut nonce);
-        let aad = associated_data(purpose, context);
+        let aad = associated_data(FORMAT_XCHACHA, purpose, context);
         let ciphertext = self
             .primary()
-            .cipher
+            .xchacha
             .encrypt(
-                Nonce::from_slice(&nonce),
+                &nonce.into(),
                 Payload {
                     msg: plaintext,
                     aad: &aad,
@@ -259,32 +286,58 @@ impl Keys {
                 source: e.into(),
             })?;
         let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-        out.push(FORMAT);
+        out.push(FORMAT_XCHACHA);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);
         Ok(out)
     }
 
-    /// Decrypts what [`Keys::seal`] made with any of the keys, for the same
-    /// `purpose` and `context`; `None` for anything else.
+    /// Decrypts what [`Keys::seal`] made (format 2), or what earlier
+    /// versions sealed (format 1, until 0.3), with any of the keys, for the same `purpose` and
+    /// `context`; `None` for anything else.
     pub(crate) fn open(&self, purpose: &[u8], context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < OVERHEAD || sealed[0] != FORMAT {
-            return None;
+        let (&format, rest) = sealed.split_first()?;
+        let aad = associated_data(format, purpose, context);
+        match format {
+            FORMAT_XCHACHA => {
+                let (nonce, ciphertext) = split_nonce::<XCHACHA_NONCE_LEN>(rest)?;
+                self.first_opening(|key| {
+                    key.xchacha
+                        .decrypt(&nonce.into(), payload(ciphertext, &aad))
+                })
+            }
+            FORMAT_AES_GCM => {
+                let (nonce, ciphertext) = split_nonce::<AES_GCM_NONCE_LEN>(rest)?;
+                self.first_opening(|key| {
+                    key.aes_gcm
+                        .decrypt(&nonce.into(), payload(ciphertext, &aad))
+                })
+            }
+            _ => None,
         }
-        let (nonce, ciphertext) = sealed[1..].split_at(NONCE_LEN);
-        let aad = associated_data(purpose, context);
-        self.keys.iter().find_map(|key| {
-            key.cipher
-                .decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: ciphertext,
-                        aad: &aad,
-                    },
-                )
-                .ok()
-        })
     }
+
+    /// The plaintext of the first key that opens the value.
+    fn first_opening<E>(
+        &self,
+        open: impl Fn(&Key) -> std::result::Result<Vec<u8>, E>,
+    ) -> Option<Vec<u8>> {
+        self.keys.iter().find_map(|key| open(key).ok())
+    }
+}
+
+/// The nonce and the `ciphertext ‖ tag` after the format byte; `None` when
+/// too short to hold a nonce and a tag.
+fn split_nonce<const N: usize>(rest: &[u8]) -> Option<([u8; N], &[u8])> {
+    if rest.len() < N + TAG_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = rest.split_at(N);
+    Some((nonce.try_into().ok()?, ciphertext))
+}
+
+fn payload<'a>(msg: &'a [u8], aad: &'a [u8]) -> Payload<'a, 'a> {
+    Payload { msg, aad }
 }
 
 impl From<Key> for Keys {
@@ -299,11 +352,11 @@ impl fmt::Debug for Keys {
     }
 }
 
-/// `FORMAT ‖ purpose ‖ 0 ‖ context`: what a ciphertext is bound to besides
+/// `format ‖ purpose ‖ 0 ‖ context`: what a ciphertext is bound to besides
 /// the key. The purpose strings contain no NUL, so the split is unambiguous.
-fn associated_data(purpose: &[u8], context: &[u8]) -> Vec<u8> {
+fn associated_data(format: u8, purpose: &[u8], context: &[u8]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(2 + purpose.len() + context.len());
-    aad.push(FORMAT);
+    aad.push(format);
     aad.extend_from_slice(purpose);
     aad.push(0);
     aad.extend_from_slice(context);
@@ -418,5 +471,23 @@ mod tests {
         );
         let again = keys.seal(b"p", b"ctx", b"hello").unwrap();
         assert_ne!(sealed, again, "fresh nonce every time");
+    }
+
+    #[test]
+    fn new_values_are_format_2_and_short_values_of_any_format_open_as_nothing() {
+        let keys = Keys::new(Key::generate());
+        let sealed = keys.seal(b"p", b"ctx", b"").unwrap();
+        assert_eq!(sealed[0], FORMAT_XCHACHA);
+        assert_eq!(sealed.len(), 1 + XCHACHA_NONCE_LEN + TAG_LEN);
+        assert_eq!(keys.open(b"p", b"ctx", &sealed).unwrap(), b"");
+        for format in [0, FORMAT_AES_GCM, FORMAT_XCHACHA, 3, 0xff] {
+            for len in 0..=1 + XCHACHA_NONCE_LEN + TAG_LEN {
+                let mut value = vec![0u8; len];
+                if let Some(first) = value.first_mut() {
+                    *first = format;
+                }
+                assert!(keys.open(b"p", b"ctx", &value).is_none(), "{format} {len}");
+            }
+        }
     }
 }

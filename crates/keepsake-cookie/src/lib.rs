@@ -1,4 +1,4 @@
-//! keepsake's AES-256-GCM encryption: [`CookieStore`], which keeps the whole
+//! keepsake's XChaCha20-Poly1305 encryption: [`CookieStore`], which keeps the whole
 //! session in the client's cookie, and [`EncryptedStore`], which encrypts
 //! session payloads at rest in any other store.
 //!
@@ -7,7 +7,7 @@
 //!
 //! # Keys
 //!
-//! A [`Key`] is 32 bytes for AES-256-GCM, given as raw bytes or base64
+//! A [`Key`] is 32 bytes (256 bits), given as raw bytes or base64
 //! (standard or url-safe, padded or not, with or without Laravel's `base64:`
 //! prefix). Shorter keys are refused with [`Error::Config`](keepsake_core::Error::Config);
 //! longer material is reduced to 32 bytes with SHA-256. Keys never appear in
@@ -21,14 +21,28 @@
 //! use keepsake_cookie::{CookieStore, Key, Keys};
 //!
 //! # let (new_key, old_key) = (Key::generate().to_base64(), Key::generate().to_base64());
-//! // e.g. SESSION_KEYS="<new key>,<old key>" in the environment
+//! // e.g. SESSION_KEY="<new key>,<old key>" in the environment
 //! let keys = Keys::from_base64_list(&format!("{new_key},{old_key}"))?;
 //! let store = CookieStore::new(keys);
 //! # Ok::<(), keepsake_core::Error>(())
 //! ```
 //!
-//! Every value is sealed with a fresh random 96-bit nonce. AES-GCM's nonce
-//! space stays safe for billions of values per key; rotate long before that.
+//! # Sealed formats
+//!
+//! Every sealed value (a cookie value, a stored payload) starts with a format
+//! byte:
+//!
+//! - **Format 2**, what this version seals: XChaCha20-Poly1305 with a fresh
+//!   random 192-bit nonce per value. Nonces that long never repeat in
+//!   practice, so there is no practical limit on how many values one key
+//!   seals; the cookie store seals on every write and touch.
+//! - **Format 1**, what earlier versions sealed: AES-256-GCM with a random
+//!   96-bit nonce, which is safe for only about 2^32 values per key. Such
+//!   values still open with the same keys, rotation included, **until
+//!   keepsake 0.3**, which will drop format 1: a cookie or stored payload
+//!   still in format 1 then starts an empty session. A value is rewritten in
+//!   format 2 the next time its session is saved (a cookie also when it is
+//!   touched), so active sessions migrate by themselves.
 //!
 //! # The cookie store: when to choose it
 //!

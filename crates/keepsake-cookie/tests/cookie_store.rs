@@ -264,7 +264,10 @@ async fn the_server_side_methods_are_harmless() {
     assert_eq!(store.load(&r.key).await.unwrap(), None);
     assert_eq!(store.create(&r).await.unwrap(), Cas::Applied);
     assert_eq!(store.save(&r, 1).await.unwrap(), Cas::Applied);
-    store.touch(&r.key, now(), now() + 10).await.unwrap();
+    assert_eq!(
+        store.touch(&r.key, 1, now(), now() + 10).await.unwrap(),
+        Cas::Applied
+    );
     store.destroy(&r.key).await.unwrap();
     assert_eq!(store.gc(now()).await.unwrap(), 0);
     test_kit::user_index_unsupported(&store).await;

@@ -58,6 +58,57 @@ pub enum Error {
         attempts: u32,
     },
 
+    /// A value this request read was changed by a concurrent request of the
+    /// same session before this request's changes were saved: acting on it
+    /// would break the serial order (docs/semantics.md). Nothing of this
+    /// request was written. Answered with 409 by default.
+    #[error("session value `{key}` read by this request was changed by a concurrent request")]
+    Stale {
+        /// The dot path (or the part of the session, in parentheses) that changed.
+        key: String,
+    },
+
+    /// A change of this request no longer applies to the session as a
+    /// concurrent request left it (a `push` onto a key that now holds a
+    /// string). Nothing of this request was written. Answered with 409 by
+    /// default.
+    #[error("a change of this request no longer applies to the concurrently saved session")]
+    Replay {
+        /// Why the change no longer applies.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// The session was ended (logged out, destroyed, expired) or moved to a
+    /// new id by a concurrent request before this request's changes were
+    /// saved. Nothing of this request was written and no cookie is sent.
+    /// Answered with 409 by default.
+    #[error("the session was ended or moved to a new id by a concurrent request")]
+    Ended,
+
+    /// A value would be nested deeper than [`MAX_DEPTH`](crate::MAX_DEPTH)
+    /// levels (counting its dot path): it could not be read back. The session
+    /// is unchanged.
+    #[error("session value at `{key}` is nested {depth} levels deep; the limit is {limit}")]
+    TooDeep {
+        /// The dot path.
+        key: String,
+        /// The nesting it would have.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A user id longer than [`MAX_USER_ID_LEN`](crate::MAX_USER_ID_LEN)
+    /// bytes; refused before anything is written.
+    #[error("user id of {len} bytes exceeds the limit of {limit} bytes")]
+    UserIdTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+
     /// Creating a session kept colliding with existing ids (the CSPRNG is broken).
     #[error("could not find an unused session id after {attempts} attempts")]
     IdCollision {
@@ -147,16 +198,32 @@ impl Error {
     pub fn is_backend(&self) -> bool {
         matches!(self, Self::Backend { .. } | Self::Conflict { .. })
     }
+
+    /// True when a concurrent request of the same session made this
+    /// request's changes impossible to save as they are ([`Error::Stale`],
+    /// [`Error::Replay`], [`Error::Ended`]): the client may retry.
+    #[must_use]
+    pub fn is_concurrent(&self) -> bool {
+        matches!(self, Self::Stale { .. } | Self::Replay { .. } | Self::Ended)
+    }
+
+    /// The HTTP status the default error response uses: 409 Conflict for
+    /// [`is_concurrent`](Self::is_concurrent) errors, 500 otherwise.
+    #[must_use]
+    pub fn status(&self) -> http::StatusCode {
+        if self.is_concurrent() {
+            http::StatusCode::CONFLICT
+        } else {
+            http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
 }
 
 impl axum_core::response::IntoResponse for Error {
     fn into_response(self) -> axum_core::response::Response {
         tracing::error!(error = %crate::error::Report(&self), "session error");
-        let mut response = (
-            http::StatusCode::INTERNAL_SERVER_ERROR,
-            "Internal Server Error",
-        )
-            .into_response();
+        let status = self.status();
+        let mut response = (status, status.canonical_reason().unwrap_or_default()).into_response();
         response
             .extensions_mut()
             .insert(crate::SessionFailure::new(self));

@@ -151,12 +151,15 @@ impl SessionHandle {
     }
 }
 
-/// The default answer to a session failure: a 500 with a short body and the
-/// error in the response extensions.
+/// The default answer to a session failure: the error's
+/// [`status`](Error::status) (409 for a concurrent request's interference,
+/// 500 otherwise) with a short body, and the error in the response
+/// extensions.
 #[doc(hidden)]
 #[must_use]
 pub fn default_error_response(error: &SessionFailure) -> Response {
-    let mut response = (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+    let status = error.error().status();
+    let mut response = (status, status.canonical_reason().unwrap_or_default()).into_response();
     response.extensions_mut().insert(error.clone());
     response
 }

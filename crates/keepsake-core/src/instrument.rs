@@ -291,12 +291,19 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         .await
     }
 
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
         self.observe(
             Operation::Touch,
             Some(key),
-            self.inner.touch(key, last_activity, expires_at),
-            ok,
+            self.inner
+                .touch(key, expected_version, last_activity, expires_at),
+            cas,
         )
         .await
     }
@@ -478,7 +485,7 @@ mod tests {
         async fn save(&self, _: &Record, _: i64) -> Result<Cas> {
             down("save")
         }
-        async fn touch(&self, _: &StorageKey, _: i64, _: i64) -> Result<()> {
+        async fn touch(&self, _: &StorageKey, _: i64, _: i64, _: i64) -> Result<Cas> {
             down("touch")
         }
         async fn destroy(&self, _: &StorageKey) -> Result<()> {
@@ -654,7 +661,13 @@ mod tests {
                 next.version = 2;
                 assert!(store.save(&next, 1).await.unwrap().is_applied());
                 assert_eq!(store.save(&next, 1).await.unwrap(), Cas::Conflict);
-                store.touch(&first.key, 1, crate::now() + 60).await.unwrap();
+                assert!(
+                    store
+                        .touch(&first.key, 2, 1, crate::now() + 60)
+                        .await
+                        .unwrap()
+                        .is_applied()
+                );
                 store.destroy(&first.key).await.unwrap();
                 assert_eq!(store.destroy_for_user("7", None).await.unwrap(), 1);
                 let mut expired = record(None);

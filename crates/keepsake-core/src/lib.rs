@@ -7,6 +7,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod commit;
 mod error;
 mod handle;
 mod id;
@@ -20,13 +21,14 @@ mod store;
 #[cfg(feature = "test-kit")]
 pub mod test_kit;
 
+pub use commit::{CommitContext, CommitLock, CommitLocks, MAX_USER_ID_LEN, Outcome};
 pub use error::{BoxError, Error, Report, Result, SessionFailure};
 pub use handle::{Loader, SessionHandle, SessionRejection, default_error_response};
 pub use id::{SESSION_ID_LEN, STORAGE_KEY_LEN, SessionId, StorageKey};
 pub use instrument::Instrumented;
 pub use memory::MemoryStore;
 pub use record::{Meta, Payload, Record, SessionInfo, now, now_millis};
-pub use session::{Commit, CommitContext, Counter, Session};
+pub use session::{Counter, MAX_DEPTH, Session};
 pub use store::{Cas, ClientSideStore, SessionStore};
 
 #[doc(hidden)]

@@ -48,8 +48,9 @@ impl Cas {
 /// - `save` is compare-and-swap on [`Record::version`]: it writes only if the
 ///   stored version equals `expected_version`, and never re-creates a record
 ///   that was destroyed or has expired.
-/// - `touch` moves `last_activity` and `expires_at` and leaves the payload and
-///   version alone.
+/// - `touch` moves `last_activity` and `expires_at` of a live record whose
+///   version is still the expected one, never moves `expires_at` backwards,
+///   and leaves the payload and version alone.
 /// - `gc` deletes expired records and returns how many.
 /// - `list_for_user` / `destroy_for_user` use the per-user index; stores that
 ///   cannot have one return [`Error::Unsupported`](crate::Error::Unsupported).
@@ -67,9 +68,20 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// version) if the stored version is `expected_version`.
     async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas>;
 
-    /// Moves the expiry of a live record without rewriting its payload. A
-    /// missing record is left missing.
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()>;
+    /// Moves the expiry of a live record without rewriting its payload, if
+    /// its stored version is still `expected_version`.
+    ///
+    /// `expires_at` never moves backwards: a record that already expires
+    /// later (another request set a longer lifetime) keeps its expiry. A
+    /// missing, expired or since-saved record is left as it is and the answer
+    /// is [`Cas::Conflict`], so the caller knows the id it holds may be dead.
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas>;
 
     /// Deletes the record stored under `key`, if any.
     async fn destroy(&self, key: &StorageKey) -> Result<()>;
@@ -147,15 +159,16 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     fn touch<'a, 'b, 'f>(
         &'a self,
         key: &'b StorageKey,
+        expected_version: i64,
         last_activity: i64,
         expires_at: i64,
-    ) -> StoreFuture<'f, ()>
+    ) -> StoreFuture<'f, Cas>
     where
         'a: 'f,
         'b: 'f,
         Self: 'f,
     {
-        (**self).touch(key, last_activity, expires_at)
+        (**self).touch(key, expected_version, last_activity, expires_at)
     }
     fn destroy<'a, 'b, 'f>(&'a self, key: &'b StorageKey) -> StoreFuture<'f, ()>
     where

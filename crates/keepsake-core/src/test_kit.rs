@@ -101,6 +101,7 @@ where
     save_is_compare_and_swap(&factory().await).await;
     save_never_resurrects(&factory().await).await;
     touch_keeps_payload(&factory().await).await;
+    touch_is_conditional(&factory().await).await;
     destroy_removes(&factory().await).await;
     expired_records_do_not_load(&factory().await).await;
     gc_counts_expired(&factory().await, options).await;
@@ -230,12 +231,17 @@ pub async fn save_never_resurrects(store: &impl SessionStore) {
     );
 }
 
-/// `touch` moves the expiry and leaves payload and version alone.
+/// `touch` moves the expiry and leaves payload and version alone; it applies
+/// only at the expected version, reports a miss, and never shortens an expiry.
 pub async fn touch_keeps_payload(store: &impl SessionStore) {
     let r = record(r#"{"d":{"keep":"me"}}"#);
     assert_eq!(ok(store.create(&r).await, "create"), Cas::Applied);
     let (last, expires) = (r.last_activity + 5, r.expires_at + 7200);
-    ok(store.touch(&r.key, last, expires).await, "touch");
+    assert_eq!(
+        ok(store.touch(&r.key, r.version, last, expires).await, "touch"),
+        Cas::Applied,
+        "touch_keeps_payload: a touch at the stored version applies"
+    );
     let loaded = ok(store.load(&r.key).await, "load").expect("touched record loads");
     assert_eq!(loaded.payload, r.payload, "touch_keeps_payload: payload");
     assert_eq!(loaded.version, r.version, "touch_keeps_payload: version");
@@ -249,11 +255,70 @@ pub async fn touch_keeps_payload(store: &impl SessionStore) {
     );
 
     let missing = SessionId::generate().storage_key();
-    ok(store.touch(&missing, last, expires).await, "touch");
+    assert_eq!(
+        ok(store.touch(&missing, 1, last, expires).await, "touch"),
+        Cas::Conflict,
+        "touch_keeps_payload: a touch of a missing record reports the miss"
+    );
     assert_eq!(
         ok(store.load(&missing).await, "load"),
         None,
         "touch_keeps_payload: touch must not create"
+    );
+}
+
+/// A touch at an older version changes nothing and says so, and a touch never
+/// moves `expires_at` backwards (a longer lifetime set meanwhile stays).
+pub async fn touch_is_conditional(store: &impl SessionStore) {
+    let r = record(r#"{"d":{}}"#);
+    assert_eq!(ok(store.create(&r).await, "create"), Cas::Applied);
+    let mut saved = r.clone();
+    saved.version = r.version + 1;
+    saved.expires_at = r.expires_at + 86_400;
+    assert_eq!(
+        ok(store.save(&saved, r.version).await, "save"),
+        Cas::Applied
+    );
+    assert_eq!(
+        ok(
+            store
+                .touch(&r.key, r.version, r.last_activity + 1, r.expires_at + 60)
+                .await,
+            "touch"
+        ),
+        Cas::Conflict,
+        "touch_is_conditional: a touch at a superseded version must not apply"
+    );
+    let loaded = ok(store.load(&r.key).await, "load").expect("record loads");
+    assert_eq!(
+        (loaded.expires_at, loaded.version),
+        (saved.expires_at, saved.version),
+        "touch_is_conditional: the newer save's expiry stays"
+    );
+    assert_eq!(
+        ok(
+            store
+                .touch(
+                    &r.key,
+                    saved.version,
+                    r.last_activity + 2,
+                    r.expires_at + 60
+                )
+                .await,
+            "touch"
+        ),
+        Cas::Applied,
+        "touch_is_conditional: a touch at the stored version applies"
+    );
+    let loaded = ok(store.load(&r.key).await, "load").expect("record loads");
+    assert_eq!(
+        loaded.expires_at, saved.expires_at,
+        "touch_is_conditional: a touch never moves expires_at backwards"
+    );
+    assert_eq!(
+        loaded.last_activity,
+        r.last_activity + 2,
+        "touch_is_conditional: last_activity moves"
     );
 }
 
@@ -280,7 +345,14 @@ pub async fn expired_records_do_not_load(store: &impl SessionStore) {
         None,
         "expired_records_do_not_load"
     );
-    ok(store.touch(&r.key, now(), now() + 3600).await, "touch");
+    assert_eq!(
+        ok(
+            store.touch(&r.key, r.version, now(), now() + 3600).await,
+            "touch"
+        ),
+        Cas::Conflict,
+        "expired_records_do_not_load: a touch of an expired record reports the miss"
+    );
     assert_eq!(
         ok(store.load(&r.key).await, "load"),
         None,

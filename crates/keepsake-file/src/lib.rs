@@ -109,6 +109,15 @@
 //! (the session file's own `user_id` decides) and removed the next time the
 //! user's sessions are listed.
 //!
+//! The index never fails a write that succeeded: when an entry cannot be
+//! written or removed (a full disk, wrong permissions, something else in
+//! its place), the session is still created, saved or destroyed, and the
+//! failure is logged at `warn` ("per-user index not updated"). An entry left
+//! behind is dropped by the next listing, as above. A missing entry is
+//! written again by the session's next save, which checks that its entry
+//! exists; until then `list_for_user` and `destroy_for_user` do not see that
+//! session, so treat that warning as one to act on.
+//!
 //! # Permissions
 //!
 //! On unix the directories this store creates are mode 0700 and its files

@@ -172,6 +172,21 @@ fn is_hex(name: &str, len: usize) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Logs a failure of the per-user index around a write that itself
+/// succeeded: the write stands (its data is stored), and the entry is
+/// repaired by the session's next save (a missing entry) or dropped by the
+/// next listing (a stale one).
+fn index_failed(key: &StorageKey, error: &IoError) {
+    let cause = std::error::Error::source(error).map(ToString::to_string);
+    tracing::warn!(
+        store = KIND,
+        key = key.short(),
+        error = %error,
+        cause = cause.as_deref().unwrap_or_default(),
+        "per-user index not updated; the session itself is stored"
+    );
+}
+
 fn warn_unreadable(key: &StorageKey, error: &FormatError) {
     tracing::warn!(
         store = KIND,
@@ -277,30 +292,44 @@ impl Inner {
         Ok(())
     }
 
-    /// Keeps the index in step when the owner of `key` changes from `old` to
-    /// `new`: the new entry is added before the write (`add` phase), the old
-    /// one removed after it.
-    fn reindex_before(
-        &self,
-        key: &StorageKey,
-        old: Option<&str>,
-        new: Option<&str>,
-    ) -> Result<(), IoError> {
-        match new {
-            Some(new) if old != Some(new) => self.add_marker(new, key),
-            _ => Ok(()),
+    /// Whether the index of `user_id` lists `key`. An entry that cannot be
+    /// inspected counts as missing, so that writing it is tried again.
+    fn has_marker(&self, user_id: &str, key: &StorageKey) -> bool {
+        fs::symlink_metadata(self.user_dir(user_id).join(key.as_str())).is_ok()
+    }
+
+    /// Index work before `key` is written with the owner `new` (the stored
+    /// record's owner is `old`): adds the entry of `new` when the owner
+    /// changes, or when it is missing (a failure of an earlier write, which
+    /// this repairs). Never fails the write: see [`index_failed`].
+    fn reindex_before(&self, key: &StorageKey, old: Option<&str>, new: Option<&str>) {
+        let Some(new) = new else {
+            return;
+        };
+        if old == Some(new) && self.has_marker(new, key) {
+            return;
+        }
+        if let Err(e) = self.add_marker(new, key) {
+            index_failed(key, &e);
         }
     }
 
-    fn reindex_after(
-        &self,
-        key: &StorageKey,
-        old: Option<&str>,
-        new: Option<&str>,
-    ) -> Result<(), IoError> {
+    /// Index work after `key` was written with the owner `new`: removes the
+    /// entry of the previous owner `old`. Never fails the write: see
+    /// [`index_failed`].
+    fn reindex_after(&self, key: &StorageKey, old: Option<&str>, new: Option<&str>) {
         match old {
-            Some(old) if new != Some(old) => self.remove_marker(old, key),
-            _ => Ok(()),
+            Some(old) if new != Some(old) => self.unindex(old, key),
+            _ => {}
+        }
+    }
+
+    /// Removes the entry of `key` from the index of `user_id` after the
+    /// session changed owner or was removed. A failure leaves a stale entry,
+    /// which listings skip and drop, so it is logged, never returned.
+    fn unindex(&self, user_id: &str, key: &StorageKey) {
+        if let Err(e) = self.remove_marker(user_id, key) {
+            index_failed(key, &e);
         }
     }
 
@@ -331,9 +360,9 @@ impl Inner {
             warn_unreadable(&record.key, e);
         }
         let (old, new) = (stored.owner(), record.user_id.as_deref());
-        self.reindex_before(&record.key, old, new)?;
+        self.reindex_before(&record.key, old, new);
         self.write(record)?;
-        self.reindex_after(&record.key, old, new)?;
+        self.reindex_after(&record.key, old, new);
         Ok(Cas::Applied)
     }
 
@@ -345,31 +374,35 @@ impl Inner {
             _ => return Ok(Cas::Conflict),
         }
         let (old, new) = (stored.owner(), record.user_id.as_deref());
-        self.reindex_before(&record.key, old, new)?;
+        self.reindex_before(&record.key, old, new);
         self.write(record)?;
-        self.reindex_after(&record.key, old, new)?;
+        self.reindex_after(&record.key, old, new);
         Ok(Cas::Applied)
     }
 
     fn touch(
         &self,
         key: &StorageKey,
+        expected_version: i64,
         last_activity: i64,
         expires_at: i64,
         now: i64,
-    ) -> Result<(), IoError> {
+    ) -> Result<Cas, IoError> {
         if !self.shard_dir(key).is_dir() {
-            return Ok(());
+            return Ok(Cas::Conflict);
         }
         let _lock = self.lock(key)?;
-        if let Stored::Present(mut header, payload) = self.read(key)?
-            && !header.is_expired(now)
-        {
-            header.last_activity = last_activity;
-            header.expires_at = expires_at;
-            self.write(&format::to_record(key.clone(), header, payload))?;
+        match self.read(key)? {
+            Stored::Present(mut header, payload)
+                if !header.is_expired(now) && header.version == expected_version =>
+            {
+                header.last_activity = last_activity;
+                header.expires_at = header.expires_at.max(expires_at);
+                self.write(&format::to_record(key.clone(), header, payload))?;
+                Ok(Cas::Applied)
+            }
+            _ => Ok(Cas::Conflict),
         }
-        Ok(())
     }
 
     fn destroy(&self, key: &StorageKey) -> Result<(), IoError> {
@@ -380,7 +413,7 @@ impl Inner {
         let stored = self.read(key)?;
         self.remove_session(key)?;
         if let Some(owner) = stored.owner() {
-            self.remove_marker(owner, key)?;
+            self.unindex(owner, key);
         }
         Ok(())
     }
@@ -472,7 +505,7 @@ impl Inner {
             if self.remove_session(&key)? {
                 removed += 1;
                 if let Some(owner) = owner {
-                    self.remove_marker(&owner, &key)?;
+                    self.unindex(&owner, &key);
                 }
             }
         }
@@ -502,7 +535,7 @@ impl Inner {
     fn drop_stale_marker(&self, user_id: &str, key: &StorageKey) -> Result<(), IoError> {
         let _lock = self.lock(key)?;
         if self.read(key)?.owner() != Some(user_id) {
-            self.remove_marker(user_id, key)?;
+            self.unindex(user_id, key);
         }
         Ok(())
     }
@@ -538,7 +571,7 @@ impl Inner {
             if self.read(&key)?.owner() == Some(user_id) && self.remove_session(&key)? {
                 removed += 1;
             }
-            self.remove_marker(user_id, &key)?;
+            self.unindex(user_id, &key);
         }
         Ok(removed)
     }
@@ -592,11 +625,17 @@ impl SessionStore for FileStore {
         .await
     }
 
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
         let key = key.clone();
         let now = keepsake_core::now();
         self.blocking("touch", move |inner| {
-            inner.touch(&key, last_activity, expires_at, now)
+            inner.touch(&key, expected_version, last_activity, expires_at, now)
         })
         .await
     }

@@ -332,7 +332,11 @@ async fn a_torn_session_file_is_absent_replaceable_and_collected() {
             Cas::Conflict,
             "no save over a torn file"
         );
-        store.touch(&r.key, now(), now() + 10).await.unwrap();
+        assert_eq!(
+            store.touch(&r.key, 1, now(), now() + 10).await.unwrap(),
+            Cas::Conflict,
+            "no touch of a torn file"
+        );
         assert!(store.list_for_user("torn-user").await.unwrap().is_empty());
     }
     // A new session may take its place.
@@ -541,4 +545,132 @@ async fn concurrent_creates_of_one_key_admit_one() {
         }
     }
     assert_eq!(applied, 1);
+}
+
+/// What `tracing` logs anywhere in this test binary (the store logs from
+/// the blocking pool's threads, so a thread-local subscriber would miss it).
+fn global_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    use std::sync::{Mutex, OnceLock};
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct Writer(&'static Mutex<Vec<u8>>);
+        impl std::io::Write for Writer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Writer(logs))
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+}
+
+fn logged_warning_for(key: &StorageKey) -> bool {
+    let logs = String::from_utf8_lossy(&global_logs().lock().unwrap()).into_owned();
+    logs.lines()
+        .any(|line| line.contains("WARN") && line.contains(key.short()) && line.contains("index"))
+}
+
+/// Puts a file where the per-user index directory belongs, so that no index
+/// entry can be written or removed (root or not: no permission trick).
+fn break_index(store: &FileStore) {
+    let users = store.path().join("users");
+    if users.is_dir() {
+        std::fs::remove_dir_all(&users).unwrap();
+    }
+    std::fs::write(&users, b"not a directory").unwrap();
+}
+
+fn repair_index(store: &FileStore) {
+    std::fs::remove_file(store.path().join("users")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_failure_does_not_fail_a_write_that_succeeded() {
+    global_logs();
+    let (_dir, store) = store();
+    break_index(&store);
+
+    // create: the session is stored although its index entry is not.
+    let mut r = record(r#"{"d":{"n":1}}"#);
+    r.user_id = Some("alice".into());
+    assert_eq!(store.create(&r).await.unwrap(), Cas::Applied);
+    assert_eq!(store.load(&r.key).await.unwrap(), Some(r.clone()));
+    assert!(logged_warning_for(&r.key), "the index failure is logged");
+
+    // save with a change of owner: neither the new entry nor the removal
+    // of the old one can happen; the data is stored all the same.
+    repair_index(&store);
+    let mut next = r.clone();
+    next.version = 2;
+    assert_eq!(store.save(&next, 1).await.unwrap(), Cas::Applied);
+    assert_eq!(
+        store.list_for_user("alice").await.unwrap(),
+        vec![next.info()]
+    );
+    break_index(&store);
+    next.version = 3;
+    next.user_id = Some("bob".into());
+    next.payload = r#"{"d":{"n":3}}"#.into();
+    assert_eq!(store.save(&next, 2).await.unwrap(), Cas::Applied);
+    assert_eq!(store.load(&r.key).await.unwrap(), Some(next.clone()));
+
+    // destroy: the session goes even though its entry cannot be removed.
+    let mut other = record("{}");
+    other.user_id = Some("carol".into());
+    assert_eq!(store.create(&other).await.unwrap(), Cas::Applied);
+    store.destroy(&other.key).await.unwrap();
+    assert_eq!(store.load(&other.key).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_index_entry_is_written_again_by_the_next_save() {
+    let (_dir, store) = store();
+    break_index(&store);
+    let mut r = record("{}");
+    r.user_id = Some("alice".into());
+    assert_eq!(store.create(&r).await.unwrap(), Cas::Applied);
+    repair_index(&store);
+    // Until the next save the index does not know the session.
+    assert_eq!(store.list_for_user("alice").await.unwrap(), vec![]);
+
+    let mut next = r.clone();
+    next.version = 2;
+    assert_eq!(store.save(&next, 1).await.unwrap(), Cas::Applied);
+    assert_eq!(
+        store.list_for_user("alice").await.unwrap(),
+        vec![next.info()]
+    );
+    assert_eq!(store.destroy_for_user("alice", None).await.unwrap(), 1);
+    assert_eq!(store.load(&r.key).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_left_by_a_failed_removal_is_dropped_by_the_next_listing() {
+    let (_dir, store) = store();
+    let mut r = record("{}");
+    r.user_id = Some("alice".into());
+    assert_eq!(store.create(&r).await.unwrap(), Cas::Applied);
+    // Make alice's entry unremovable: a non-empty directory in its place.
+    let entry = all_files(&store.path().join("users"))[0].clone();
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::create_dir(&entry).unwrap();
+    std::fs::write(entry.join("x"), b"").unwrap();
+
+    let mut next = r.clone();
+    next.version = 2;
+    next.user_id = Some("bob".into());
+    assert_eq!(store.save(&next, 1).await.unwrap(), Cas::Applied);
+    assert_eq!(store.list_for_user("bob").await.unwrap(), vec![next.info()]);
+    assert_eq!(store.list_for_user("alice").await.unwrap(), vec![]);
+    assert_eq!(store.destroy_for_user("alice", None).await.unwrap(), 0);
+    assert_eq!(store.load(&r.key).await.unwrap(), Some(next));
 }

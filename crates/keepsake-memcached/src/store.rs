@@ -36,9 +36,6 @@ const MAX_KEY_LEN: usize = 250;
 /// that a value this store accepts always fits the server's item size.
 const ITEM_OVERHEAD: usize = 96;
 
-/// How often `touch` re-reads an item that a concurrent save changed under it.
-const TOUCH_ATTEMPTS: usize = 4;
-
 /// Sessions in memcached: one item per session, expired by memcached itself.
 ///
 /// See the [crate documentation](crate) for the model: expiry, compare and
@@ -244,40 +241,42 @@ impl SessionStore for MemcachedStore {
         }
     }
 
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+    /// `gets`, then a `cas` of the record with the new times: the token
+    /// makes the write conditional on the item read, and the version check
+    /// on the record this request loaded.
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
         let item_key = self.item_key(key);
         let server = self.inner.ring.server_for(&item_key);
         let mut lease = server.lease("gets").await.map_err(backend("touch"))?;
-        for _ in 0..TOUCH_ATTEMPTS {
-            let Some(item) = lease.gets(&item_key).await.map_err(backend("touch"))? else {
-                return Ok(());
-            };
-            let Some(mut record) = Self::decode(key, item.flags, &item.value) else {
-                return Ok(());
-            };
-            if record.is_expired(now()) {
-                return Ok(());
-            }
-            record.last_activity = last_activity;
-            record.expires_at = expires_at;
-            let value = self.encode(&record, "touch")?;
-            let exptime = codec::exptime(expires_at, now());
-            match lease
-                .cas(&item_key, FORMAT_FLAGS, exptime, &value, item.cas)
-                .await
-                .map_err(backend("touch"))?
-            {
-                Reply::Exists => {} // a concurrent save: read it again
-                Reply::Stored | Reply::NotFound | Reply::NotStored => return Ok(()),
-            }
+        let Some(item) = lease.gets(&item_key).await.map_err(backend("touch"))? else {
+            return Ok(Cas::Conflict);
+        };
+        let Some(mut record) = Self::decode(key, item.flags, &item.value) else {
+            return Ok(Cas::Conflict);
+        };
+        if record.is_expired(now()) || record.version != expected_version {
+            return Ok(Cas::Conflict);
         }
-        // Every attempt lost to a concurrent save; each of those saves moved
-        // the expiry itself.
-        tracing::debug!(
-            key = key.short(),
-            "memcached touch gave way to concurrent saves"
-        );
-        Ok(())
+        record.last_activity = last_activity;
+        record.expires_at = record.expires_at.max(expires_at);
+        let value = self.encode(&record, "touch")?;
+        let exptime = codec::exptime(record.expires_at, now());
+        // A write between the `gets` and this `cas` (a save, a delete, an
+        // eviction) means the record this request loaded has moved on.
+        match lease
+            .cas(&item_key, FORMAT_FLAGS, exptime, &value, item.cas)
+            .await
+            .map_err(backend("touch"))?
+        {
+            Reply::Stored => Ok(Cas::Applied),
+            Reply::Exists | Reply::NotFound | Reply::NotStored => Ok(Cas::Conflict),
+        }
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<()> {

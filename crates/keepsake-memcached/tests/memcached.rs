@@ -160,7 +160,10 @@ async fn expiry_beyond_thirty_days_is_sent_as_an_absolute_time() {
         "100 days after save",
     );
     let later = now() + 200 * DAY;
-    store.touch(&long.key, now(), later).await.unwrap();
+    assert_eq!(
+        store.touch(&long.key, 2, now(), later).await.unwrap(),
+        Cas::Applied
+    );
     assert_near(
         server_ttl(&url, &key).await,
         200 * DAY,
@@ -210,7 +213,10 @@ async fn touch_moves_the_server_expiry_and_keeps_the_record() {
     r.user_agent = Some("agent".into());
     assert_eq!(store.create(&r).await.unwrap(), Cas::Applied);
     let (last, expires) = (now(), now() + 3600);
-    store.touch(&r.key, last, expires).await.unwrap();
+    assert_eq!(
+        store.touch(&r.key, r.version, last, expires).await.unwrap(),
+        Cas::Applied
+    );
     assert_near(
         server_ttl(&url, &item_key(&store, &r)).await,
         3600,
@@ -332,7 +338,13 @@ async fn a_vanished_item_is_never_recreated_by_save() {
         raw(&url, format!("get {}\r\n", item_key(&store, &r)).as_bytes()).await,
         "END\r\n"
     );
-    store.touch(&r.key, now(), now() + 60).await.unwrap();
+    assert_eq!(
+        store
+            .touch(&r.key, r.version, now(), now() + 60)
+            .await
+            .unwrap(),
+        Cas::Conflict
+    );
     assert_eq!(store.load(&r.key).await.unwrap(), None);
 }
 
@@ -351,7 +363,10 @@ async fn an_unreadable_item_counts_as_absent_and_is_never_overwritten_by_save() 
         assert_eq!(raw(&url, command.as_bytes()).await, "STORED\r\n");
         assert_eq!(store.load(&r.key).await.unwrap(), None);
         assert_eq!(store.save(&r, 1).await.unwrap(), Cas::Conflict);
-        store.touch(&r.key, now(), now() + 60).await.unwrap();
+        assert_eq!(
+            store.touch(&r.key, 1, now(), now() + 60).await.unwrap(),
+            Cas::Conflict
+        );
         assert_eq!(store.create(&r).await.unwrap(), Cas::Conflict);
         let stored = raw(&url, format!("get {key}\r\n").as_bytes()).await;
         assert!(

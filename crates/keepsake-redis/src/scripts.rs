@@ -111,18 +111,28 @@ return {1}
     ))
 });
 
-/// Moves the expiry of an existing record: `ARGV` = last_activity,
-/// expires_at, expires_at in ms. Never creates the key. Returns the owner (nil
-/// when there is none or the key is missing).
+/// Moves the expiry of an existing record at the expected version: `ARGV` =
+/// last_activity, expires_at, expires_at in ms, expected version. Never
+/// creates the key, and never moves the expiry backwards. Returns `{0}` when
+/// the key is missing or at another version, `{1}` or `{1, owner}` when
+/// applied.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return false
+local current = redis.call('HMGET', KEYS[1], 'version', 'user_id', 'expires_at')
+if current[1] ~= ARGV[4] then
+  return {0}
 end
-redis.call('HSET', KEYS[1], 'last_activity', ARGV[1], 'expires_at', ARGV[2])
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-return redis.call('HGET', KEYS[1], 'user_id')
+if tonumber(current[3]) < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'last_activity', ARGV[1], 'expires_at', ARGV[2])
+  redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 'last_activity', ARGV[1])
+end
+if current[2] then
+  return {1, current[2]}
+end
+return {1}
 "#,
     )
 });

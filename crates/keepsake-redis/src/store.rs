@@ -491,26 +491,37 @@ impl SessionStore for RedisStore {
     }
 
     /// One script that moves `last_activity`, `expires_at` and the key's
-    /// `PEXPIREAT` of an existing hash (a missing one stays missing). For a
-    /// session with an owner, a second script extends the owner's index set
-    /// so it outlives the session.
-    async fn touch(&self, key: &StorageKey, last_activity: i64, expires_at: i64) -> Result<()> {
+    /// `PEXPIREAT` of an existing hash at the expected version (a missing one
+    /// stays missing, and the expiry never moves backwards). For a session
+    /// with an owner, a second script extends the owner's index set so it
+    /// outlives the session.
+    async fn touch(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        last_activity: i64,
+        expires_at: i64,
+    ) -> Result<Cas> {
         let fail = |e: RedisError| Error::backend(KIND, "touch", e);
         let now_ms = now_millis();
         let exp_ms = millis(expires_at);
-        let owner: Value = scripts::TOUCH
+        let reply: Vec<Value> = scripts::TOUCH
             .key(self.session_key(key))
             .arg(last_activity)
             .arg(expires_at)
             .arg(exp_ms)
+            .arg(expected_version)
             .invoke_async(&mut self.conn())
             .await
             .map_err(fail)?;
-        if let Some(owner) = bytes(&owner) {
+        if !matches!(reply.first(), Some(Value::Int(1))) {
+            return Ok(Cas::Conflict);
+        }
+        if let Some(owner) = reply.get(1).and_then(bytes) {
             let set = self.user_key(&owner);
             self.index(&set, key, exp_ms, now_ms).await.map_err(fail)?;
         }
-        Ok(())
+        Ok(Cas::Applied)
     }
 
     /// One script that deletes the hash and returns its owner; for a session

@@ -87,19 +87,26 @@ async fn ttl_follows_expires_at<C: ConnectionLike + Send>(store: &RedisStore, co
     );
 
     let later = now() + 300;
-    store.touch(&r.key, now(), later).await.unwrap();
+    assert_eq!(
+        store.touch(&r.key, 2, now(), later).await.unwrap(),
+        Cas::Applied
+    );
     assert_expiry(expire_time_ms(conn, &key).await, later, "after touch");
     assert!(
         expire_time_ms(conn, &set).await >= later * 1000,
         "set after touch"
     );
 
-    // A shorter expiry moves the key back; the set keeps covering the longest.
+    // A shorter expiry never moves the key back (a longer lifetime set by
+    // another request stays); the set keeps covering the longest.
     let sooner = now() + 50;
-    store.touch(&r.key, now(), sooner).await.unwrap();
+    assert_eq!(
+        store.touch(&r.key, 2, now(), sooner).await.unwrap(),
+        Cas::Applied
+    );
     assert_expiry(
         expire_time_ms(conn, &key).await,
-        sooner,
+        later,
         "after a shortening touch",
     );
     assert!(
@@ -107,7 +114,7 @@ async fn ttl_follows_expires_at<C: ConnectionLike + Send>(store: &RedisStore, co
         "set never shortens"
     );
     let loaded = store.load(&r.key).await.unwrap().expect("loads");
-    assert_eq!(loaded.expires_at, sooner);
+    assert_eq!(loaded.expires_at, later);
 }
 
 /// `touch` rewrites `last_activity` and `expires_at` only.
@@ -119,10 +126,13 @@ async fn touch_keeps_the_payload_field<C: ConnectionLike + Send>(store: &RedisSt
     assert_eq!(store.create(&r).await.unwrap(), Cas::Applied);
     let key = session_key(store, &r.key);
     let before = hash(conn, &key).await;
-    store
-        .touch(&r.key, r.last_activity + 9, r.expires_at + 99)
-        .await
-        .unwrap();
+    assert_eq!(
+        store
+            .touch(&r.key, r.version, r.last_activity + 9, r.expires_at + 99)
+            .await
+            .unwrap(),
+        Cas::Applied
+    );
     let mut after = hash(conn, &key).await;
     assert_eq!(after["payload"], r.payload, "payload byte for byte");
     assert_eq!(

@@ -127,6 +127,14 @@ impl Dialect {
         }
     }
 
+    /// The scalar function that picks the larger of two values.
+    fn greatest(self) -> &'static str {
+        match self {
+            Self::Sqlite => "MAX",
+            Self::Postgres | Self::MySql => "GREATEST",
+        }
+    }
+
     /// The `n`th bind parameter (1-based). Every statement below uses its
     /// parameters once each and in order, so MySQL's positional `?` binds
     /// the same values as the numbered forms.
@@ -220,7 +228,8 @@ pub(crate) struct Queries {
     pub(crate) create: String,
     /// `$1`…`$7` the new values, `$8` key, `$9` expected version, `$10` now.
     pub(crate) save: String,
-    /// `$1` last_activity, `$2` expires_at, `$3` key, `$4` now.
+    /// `$1` last_activity, `$2` expires_at (kept when the stored one is
+    /// later), `$3` key, `$4` expected version, `$5` now.
     pub(crate) touch: String,
     /// `$1` key.
     pub(crate) destroy: String,
@@ -304,11 +313,14 @@ impl Queries {
                 p(10)
             ),
             touch: format!(
-                "UPDATE {t} SET last_activity = {}, expires_at = {} WHERE id = {} AND expires_at > {}",
+                "UPDATE {t} SET last_activity = {}, expires_at = {}(expires_at, {}) \
+                 WHERE id = {} AND version = {} AND expires_at > {}",
                 p(1),
+                dialect.greatest(),
                 p(2),
                 p(3),
-                p(4)
+                p(4),
+                p(5)
             ),
             destroy: format!("DELETE FROM {t} WHERE id = {}", p(1)),
             gc,
@@ -576,18 +588,25 @@ macro_rules! impl_store {
             async fn touch(
                 &self,
                 key: &StorageKey,
+                expected_version: i64,
                 last_activity: i64,
                 expires_at: i64,
-            ) -> Result<()> {
-                sqlx::query(&self.queries.touch)
+            ) -> Result<Cas> {
+                let rows = sqlx::query(&self.queries.touch)
                     .bind(last_activity)
                     .bind(expires_at)
                     .bind(key.as_str())
+                    .bind(expected_version)
                     .bind(keepsake_core::now())
                     .execute(&self.pool)
                     .await
-                    .map_err(|e| self.fail("touch", e))?;
-                Ok(())
+                    .map_err(|e| self.fail("touch", e))?
+                    .rows_affected();
+                Ok(if rows == 0 {
+                    Cas::Conflict
+                } else {
+                    Cas::Applied
+                })
             }
 
             async fn destroy(&self, key: &StorageKey) -> Result<()> {

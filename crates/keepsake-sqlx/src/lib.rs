@@ -101,7 +101,7 @@
 //! | `load` | `SELECT … WHERE id = ? AND expires_at > now` |
 //! | `create` | `INSERT … ON CONFLICT (id) DO UPDATE … WHERE expires_at <= now`: a live row is never overwritten (0 rows: `Cas::Conflict`), an expired one not yet collected is replaced. MySQL: a plain `INSERT`, and a duplicate key is `Cas::Conflict` |
 //! | `save` | `UPDATE … WHERE id = ? AND version = ? AND expires_at > now`; 0 rows is `Cas::Conflict`, and a destroyed or expired record is never re-inserted |
-//! | `touch` | `UPDATE` of `last_activity` and `expires_at` only, of a live row |
+//! | `touch` | `UPDATE` of `last_activity` and `expires_at` only (`GREATEST`/`MAX` with the stored expiry, so it never moves back), of a live row `WHERE version = ?`; 0 rows is `Cas::Conflict` |
 //! | `destroy` | `DELETE … WHERE id = ?` |
 //! | `list_for_user` | `SELECT … WHERE user_id = ? AND expires_at > now ORDER BY last_activity DESC, id` |
 //! | `destroy_for_user` | `DELETE … WHERE user_id = ? [AND id <> ?]` (expired rows of the user go too) |
