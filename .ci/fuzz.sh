@@ -6,7 +6,7 @@
 # fuzz/corpus/ and leave them untouched; a crash fails the script and is
 # kept in fuzz/artifacts/TARGET/.
 #
-#   KEEPSAKE_FUZZ_SECONDS  seconds per target (default 20; 7 targets)
+#   KEEPSAKE_FUZZ_SECONDS  seconds per target (default 20; 8 targets)
 #   KEEPSAKE_FUZZ_ENGINE   auto | libfuzzer | proptest (default auto)
 #   KEEPSAKE_FUZZ_INSTALL  1 to install cargo-fuzz when it is missing (auto)
 set -euo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${KEEPSAKE_FUZZ_SECONDS:-20}"
 engine="${KEEPSAKE_FUZZ_ENGINE:-auto}"
-targets=(session_id cookie_header cookie_open payload encrypted_payload dot_paths csrf_body)
+targets=(session_id cookie_header cookie_open payload encrypted_payload dot_paths csrf_body proxy_headers)
 root="$PWD"
 target_dir="${CARGO_TARGET_DIR:-$root/target}/fuzz"
 

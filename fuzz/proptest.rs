@@ -268,6 +268,11 @@ fn csrf_body() {
 }
 
 #[test]
+fn proxy_headers() {
+    fuzz("proxy_headers");
+}
+
+#[test]
 fn every_target_has_a_test_and_a_corpus() {
     for (name, _) in harness::TARGETS {
         assert!(!corpus(name).is_empty());

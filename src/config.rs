@@ -17,22 +17,30 @@
 //! | `SESSION_DRIVER` | `memory`, `cookie`, `file`, `sqlite`, `postgres`, `mysql`, `redis`, `redis-cluster`, `memcached` | `file` |
 //! | `SESSION_LIFETIME` | idle lifetime in minutes | `120` |
 //! | `SESSION_EXPIRE_ON_CLOSE` | cookie without `Max-Age` | `false` |
-//! | `SESSION_ENCRYPT` | encrypt payloads at rest (AES-256-GCM) | `false` |
+//! | `SESSION_ENCRYPT` | encrypt payloads at rest (XChaCha20-Poly1305) | `false` |
 //! | `SESSION_FILES` | directory of the `file` driver | `storage/sessions` |
 //! | `SESSION_CONNECTION`, else `DATABASE_URL` | database URL of the SQL drivers | — (required) |
 //! | `SESSION_TABLE` | SQL table | `sessions` |
 //! | `SESSION_LOTTERY` | garbage-collection odds, `hits,out_of` | `2,100` |
+//! | `SESSION_GC_MIN_INTERVAL` | least seconds between two lottery collections of one layer; `0` for none | `60` |
 //! | `SESSION_COOKIE` | cookie name | `keepsake_session` |
 //! | `SESSION_PATH` | cookie path | `/` |
 //! | `SESSION_DOMAIN` | cookie domain | none |
 //! | `SESSION_SECURE_COOKIE` | `Secure` attribute | `true` |
 //! | `SESSION_HTTP_ONLY` | `HttpOnly` attribute | `true` |
 //! | `SESSION_SAME_SITE` | `lax`, `strict` or `none` | `lax` |
+//! | `SESSION_PARTITIONED_COOKIE` | `Partitioned` attribute (needs `Secure`) | `false` |
+//! | `SESSION_TRUSTED_PROXIES` | how many reverse proxies in front append to the forwarding header; `0` trusts none (see [`crate::middleware::TrustedProxies`]) | `0` |
+//! | `SESSION_PROXY_HEADER` | the header they write: `x-forwarded-for` or `forwarded` (RFC 7239) | `x-forwarded-for` |
 //! | `SESSION_REDIS_URL` | Redis URL; for `redis-cluster` a comma-separated list | `redis://127.0.0.1:6379` |
 //! | `SESSION_MEMCACHED_SERVERS` | comma-separated `host:port` list | `127.0.0.1:11211` |
 //! | `SESSION_PREFIX` | key prefix of the Redis and memcached drivers | `keepsake:` |
 //! | `SESSION_KEY`, else `APP_KEY` | encryption key(s), base64 (`base64:` prefix allowed), comma-separated: the first encrypts, all decrypt | — (required by `cookie` and `SESSION_ENCRYPT`) |
 //! | `APP_PREVIOUS_KEYS` | more keys that still decrypt (rotation) | none |
+//!
+//! A cookie name starting with `__Host-` (recommended over HTTPS) needs
+//! `SESSION_SECURE_COOKIE=true`, no `SESSION_DOMAIN` and `SESSION_PATH=/`;
+//! one starting with `__Secure-` needs `SESSION_SECURE_COOKIE=true`.
 //!
 //! Booleans accept `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`. Every bad
 //! value is a [`ConfigError`] that names the variable and what was expected.
@@ -45,6 +53,8 @@ use std::time::Duration;
 
 use keepsake_core::SessionStore;
 
+use crate::cookie;
+use crate::middleware::{ProxyHeader, TrustedProxies};
 use crate::{SameSite, SessionLayer};
 
 /// Where sessions are stored.
@@ -189,6 +199,8 @@ pub struct SessionConfig {
     pub table: String,
     /// `SESSION_LOTTERY`.
     pub lottery: (u32, u32),
+    /// `SESSION_GC_MIN_INTERVAL` (seconds in the environment).
+    pub gc_min_interval: Duration,
     /// `SESSION_COOKIE`.
     pub cookie: String,
     /// `SESSION_PATH`.
@@ -201,6 +213,12 @@ pub struct SessionConfig {
     pub http_only: bool,
     /// `SESSION_SAME_SITE`.
     pub same_site: SameSite,
+    /// `SESSION_PARTITIONED_COOKIE`.
+    pub partitioned: bool,
+    /// `SESSION_TRUSTED_PROXIES`: 0 trusts no forwarding header.
+    pub trusted_proxies: u8,
+    /// `SESSION_PROXY_HEADER`.
+    pub proxy_header: ProxyHeader,
     /// `SESSION_REDIS_URL`.
     pub redis_url: String,
     /// `SESSION_MEMCACHED_SERVERS`.
@@ -224,12 +242,16 @@ impl Default for SessionConfig {
             connection: None,
             table: "sessions".to_owned(),
             lottery: (2, 100),
+            gc_min_interval: Duration::from_secs(60),
             cookie: "keepsake_session".to_owned(),
             path: "/".to_owned(),
             domain: None,
             secure: true,
             http_only: true,
             same_site: SameSite::Lax,
+            partitioned: false,
+            trusted_proxies: 0,
+            proxy_header: ProxyHeader::XForwardedFor,
             redis_url: "redis://127.0.0.1:6379".to_owned(),
             memcached_servers: "127.0.0.1:11211".to_owned(),
             prefix: None,
@@ -349,40 +371,49 @@ impl SessionConfig {
                 expected: "two whole numbers `hits,out_of` with hits <= out_of and out_of > 0, e.g. 2,100",
             })?;
         }
+        if let Some(v) = var("SESSION_GC_MIN_INTERVAL") {
+            let seconds = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s <= 60 * 60 * 24 * 365);
+            let seconds = seconds.ok_or(ConfigError::Invalid {
+                variable: "SESSION_GC_MIN_INTERVAL",
+                value: v,
+                expected: "a whole number of seconds, 0 (no floor) to one year",
+            })?;
+            c.gc_min_interval = Duration::from_secs(seconds);
+        }
         if let Some(v) = var("SESSION_COOKIE") {
-            let valid = v
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !valid {
+            if let Err(expected) = cookie::check_name(&v) {
                 return Err(ConfigError::Invalid {
                     variable: "SESSION_COOKIE",
                     value: v,
-                    expected: "a cookie name of letters, digits, '-', '_' and '.'",
+                    expected,
                 });
             }
             c.cookie = v;
         }
         if let Some(v) = var("SESSION_PATH") {
-            if !v.starts_with('/') || v.contains(';') {
+            if let Err(expected) = cookie::check_path(&v) {
                 return Err(ConfigError::Invalid {
                     variable: "SESSION_PATH",
                     value: v,
-                    expected: "a path starting with '/'",
+                    expected,
                 });
             }
             c.path = v;
         }
         if let Some(v) = var("SESSION_DOMAIN") {
-            if v.contains(';') || v.contains(char::is_whitespace) || v.eq_ignore_ascii_case("null")
-            {
-                if !v.eq_ignore_ascii_case("null") {
+            // Laravel's `.env` spells "no domain" as `null`.
+            if !v.trim().eq_ignore_ascii_case("null") {
+                if let Err(expected) = cookie::check_domain(&v) {
                     return Err(ConfigError::Invalid {
                         variable: "SESSION_DOMAIN",
                         value: v,
-                        expected: "a domain name",
+                        expected,
                     });
                 }
-            } else {
                 c.domain = Some(v);
             }
         }
@@ -402,6 +433,29 @@ impl SessionConfig {
                         variable: "SESSION_SAME_SITE",
                         value: v,
                         expected: "lax, strict or none",
+                    });
+                }
+            };
+        }
+        if let Some(v) = var("SESSION_PARTITIONED_COOKIE") {
+            c.partitioned = parse_bool("SESSION_PARTITIONED_COOKIE", &v)?;
+        }
+        if let Some(v) = var("SESSION_TRUSTED_PROXIES") {
+            c.trusted_proxies = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                variable: "SESSION_TRUSTED_PROXIES",
+                value: v,
+                expected: "how many proxies append to the forwarding header, 0 to 255 (0: none)",
+            })?;
+        }
+        if let Some(v) = var("SESSION_PROXY_HEADER") {
+            c.proxy_header = match v.trim().to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => ProxyHeader::XForwardedFor,
+                "forwarded" => ProxyHeader::Forwarded,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        variable: "SESSION_PROXY_HEADER",
+                        value: v,
+                        expected: "x-forwarded-for or forwarded",
                     });
                 }
             };
@@ -435,23 +489,69 @@ impl SessionConfig {
                 );
             }
         }
+        c.check_cookie()?;
         Ok(c)
     }
 
-    /// The layer with this configuration (cookie, lifetime, lottery …) over `store`.
+    /// Whether browsers would store the cookie these fields describe: the
+    /// `__Host-` and `__Secure-` prefixes and `Partitioned` require
+    /// attributes that the other fields may lack. The error names the
+    /// cookie-name variable (or `SESSION_PARTITIONED_COOKIE`) and what
+    /// would be accepted.
+    fn check_cookie(&self) -> Result<(), ConfigError> {
+        let checked = cookie::check_attributes(
+            &self.cookie,
+            self.secure,
+            self.domain.as_deref(),
+            &self.path,
+            self.partitioned,
+        );
+        checked.map_err(|problem| {
+            let (variable, value) = if problem == cookie::AttributeProblem::PartitionedNotSecure {
+                ("SESSION_PARTITIONED_COOKIE", self.partitioned.to_string())
+            } else {
+                ("SESSION_COOKIE", self.cookie.clone())
+            };
+            ConfigError::Invalid {
+                variable,
+                value,
+                expected: problem.expected_in_env(),
+            }
+        })
+    }
+
+    /// The layer with this configuration (cookie, lifetime, lottery,
+    /// trusted proxies …) over `store`.
+    ///
+    /// # Panics
+    ///
+    /// When fields changed in code after reading the environment describe a
+    /// cookie the layer's setters reject (see
+    /// [`SessionLayer::with_cookie_name`]); [`build`](Self::build) answers
+    /// those with a [`ConfigError`] instead.
     #[must_use]
     pub fn layer(&self, store: Arc<dyn SessionStore>) -> SessionLayer {
+        // `Secure` first: a `__Host-` name is checked against it.
         let mut layer = SessionLayer::from_arc(store)
             .with_lifetime(self.lifetime)
             .with_expire_on_close(self.expire_on_close)
             .with_lottery(self.lottery.0, self.lottery.1)
-            .with_cookie_name(self.cookie.clone())
-            .with_path(self.path.clone())
+            .with_gc_min_interval(self.gc_min_interval)
             .with_secure(self.secure)
+            .with_path(self.path.clone())
+            .with_cookie_name(self.cookie.clone())
             .with_http_only(self.http_only)
-            .with_same_site(self.same_site);
+            .with_same_site(self.same_site)
+            .with_partitioned(self.partitioned);
         if let Some(domain) = &self.domain {
             layer = layer.with_domain(domain.clone());
+        }
+        if self.trusted_proxies > 0 {
+            layer = layer.with_trusted_proxies(
+                TrustedProxies::new()
+                    .with_header(self.proxy_header)
+                    .with_hops(self.trusted_proxies),
+            );
         }
         layer
     }
@@ -464,8 +564,25 @@ impl SessionConfig {
     /// [`ConfigError`]: a missing URL or key, a driver whose feature is off,
     /// or a store that cannot be set up (with its cause).
     pub async fn build(&self) -> Result<SessionLayer, ConfigError> {
+        self.check_values()?;
         let store = self.store().await?;
         Ok(self.layer(store))
+    }
+
+    /// The cookie fields checked as the environment's are, for fields set
+    /// in code.
+    fn check_values(&self) -> Result<(), ConfigError> {
+        let invalid = |variable, value: &str, expected| ConfigError::Invalid {
+            variable,
+            value: value.to_owned(),
+            expected,
+        };
+        cookie::check_name(&self.cookie).map_err(|e| invalid("SESSION_COOKIE", &self.cookie, e))?;
+        cookie::check_path(&self.path).map_err(|e| invalid("SESSION_PATH", &self.path, e))?;
+        if let Some(domain) = &self.domain {
+            cookie::check_domain(domain).map_err(|e| invalid("SESSION_DOMAIN", domain, e))?;
+        }
+        self.check_cookie()
     }
 
     /// Builds the store only.

@@ -5,6 +5,122 @@ use http::header::COOKIE;
 
 use crate::middleware::{Config, SameSite};
 
+/// Checks a cookie name: an RFC 6265 `token` (visible ASCII without
+/// separators), as browsers accept it. The error says what was expected.
+pub(crate) fn check_name(name: &str) -> Result<(), &'static str> {
+    let valid = !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err("a cookie name of visible ASCII characters without spaces or ()<>@,;:\\\"/[]?={}")
+    }
+}
+
+/// Checks a cookie `Path`: starts with `/`, visible ASCII without `;`.
+pub(crate) fn check_path(path: &str) -> Result<(), &'static str> {
+    let valid = path.starts_with('/')
+        && path.len() <= 1024
+        && path.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+    if valid {
+        Ok(())
+    } else {
+        Err("a path starting with '/', of visible ASCII characters without ';' or spaces")
+    }
+}
+
+/// Checks a cookie `Domain`: letters, digits, `.`, `-` and `_` (an
+/// internationalized name in its `xn--` form). Empty means none.
+pub(crate) fn check_domain(domain: &str) -> Result<(), &'static str> {
+    let valid = domain.len() <= 255
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err("a domain name of letters, digits, '.', '-' and '_'")
+    }
+}
+
+/// A cookie configuration that browsers would refuse to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttributeProblem {
+    HostNotSecure,
+    HostWithDomain,
+    HostPathNotRoot,
+    SecurePrefixNotSecure,
+    PartitionedNotSecure,
+}
+
+impl AttributeProblem {
+    /// What is wrong, in terms of cookie attributes.
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Self::HostNotSecure => "a `__Host-` cookie must be Secure",
+            Self::HostWithDomain => "a `__Host-` cookie must not have a Domain",
+            Self::HostPathNotRoot => "a `__Host-` cookie must have Path=/",
+            Self::SecurePrefixNotSecure => "a `__Secure-` cookie must be Secure",
+            Self::PartitionedNotSecure => "a Partitioned cookie must be Secure",
+        }
+    }
+
+    /// What would be accepted, in terms of `SESSION_*` variables.
+    pub(crate) fn expected_in_env(self) -> &'static str {
+        match self {
+            Self::HostNotSecure => "a `__Host-` cookie name only with SESSION_SECURE_COOKIE=true",
+            Self::HostWithDomain => "a `__Host-` cookie name only without SESSION_DOMAIN",
+            Self::HostPathNotRoot => "a `__Host-` cookie name only with SESSION_PATH=/",
+            Self::SecurePrefixNotSecure => {
+                "a `__Secure-` cookie name only with SESSION_SECURE_COOKIE=true"
+            }
+            Self::PartitionedNotSecure => {
+                "SESSION_PARTITIONED_COOKIE=true only with SESSION_SECURE_COOKIE=true"
+            }
+        }
+    }
+}
+
+/// The cookie prefixes (RFC 6265bis §4.1.3) and CHIPS: what a browser
+/// requires of a cookie before it stores it at all. A configuration that
+/// breaks these would set a cookie the browser silently drops.
+pub(crate) fn check_attributes(
+    name: &str,
+    secure: bool,
+    domain: Option<&str>,
+    path: &str,
+    partitioned: bool,
+) -> Result<(), AttributeProblem> {
+    let has_domain = domain.is_some_and(|d| !d.trim_start_matches('.').is_empty());
+    if has_prefix(name, "__Host-") {
+        if !secure {
+            return Err(AttributeProblem::HostNotSecure);
+        }
+        if has_domain {
+            return Err(AttributeProblem::HostWithDomain);
+        }
+        if path != "/" {
+            return Err(AttributeProblem::HostPathNotRoot);
+        }
+    }
+    if has_prefix(name, "__Secure-") && !secure {
+        return Err(AttributeProblem::SecurePrefixNotSecure);
+    }
+    if partitioned && !secure {
+        return Err(AttributeProblem::PartitionedNotSecure);
+    }
+    Ok(())
+}
+
+/// Browsers match the prefixes case-insensitively.
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+}
+
 /// The raw values of every cookie named `name` in the request, in order,
 /// across all `Cookie` headers, with surrounding double quotes removed.
 /// Matching is done on bytes, so a header that also carries another cookie
@@ -92,6 +208,9 @@ fn attributes(config: &Config, out: &mut String) {
             out.push_str("; Domain=");
             out.push_str(domain);
         }
+    }
+    if config.partitioned {
+        out.push_str("; Partitioned");
     }
 }
 

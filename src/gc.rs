@@ -8,7 +8,7 @@
 //!
 //! | how | when |
 //! |---|---|
-//! | the lottery (default, 2 in 100 requests) | nothing to set up; collection follows traffic |
+//! | the lottery (default, 2 in 100 requests, at most one collection a minute per layer) | nothing to set up; collection follows traffic |
 //! | [`spawn_gc`] with [`with_lottery(0, 1)`](crate::SessionLayer::with_lottery) | a steady rhythm independent of traffic, no request ever pays for a gc |
 //! | `keepsake prune` from cron, lottery off | collection outside the application processes (the `keepsake` CLI) |
 //!
@@ -37,12 +37,16 @@
 //! (Redis, memcached) return 0 from `gc` and need no collection at all.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use keepsake_core::{BoxError, Report, SessionStore, now};
+use rand::Rng as _;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::SessionLayer;
 
 /// The shortest interval [`spawn_gc`] accepts; shorter ones (zero included)
 /// are raised to it.
@@ -198,6 +202,79 @@ async fn run<S, F>(
     tracing::debug!(store = kind, "session gc task stopped");
 }
 
+/// The layer's lottery state: whether a collection is running, and when the
+/// last one started.
+#[derive(Debug, Default)]
+pub(crate) struct Lottery {
+    running: Arc<AtomicBool>,
+    last_start: Mutex<Option<Instant>>,
+}
+
+impl Lottery {
+    /// Claims the right to collect at `at`: `None` while a collection runs
+    /// or when the previous one started less than `min_interval` before
+    /// `at`. The returned guard marks the collection as running until it is
+    /// dropped.
+    fn claim(&self, at: Instant, min_interval: Duration) -> Option<Running> {
+        // A win while a gc is still running is dropped: gc tasks piling up
+        // under load would hold the store's connections that requests need.
+        if self.running.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let running = Running(Arc::clone(&self.running));
+        // Only one claimant gets here at a time (the flag above), so the lock
+        // is never contended; a poisoned one still holds a valid instant.
+        let mut last = self
+            .last_start
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(previous) = *last
+            && at.saturating_duration_since(previous) < min_interval
+        {
+            return None;
+        }
+        *last = Some(at);
+        Some(running)
+    }
+}
+
+/// Clears the in-flight flag when the gc task ends, however it ends.
+#[derive(Debug)]
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The layer's lottery, after a request that used its session: with
+/// probability `hits / out_of`, collects expired sessions on a spawned task,
+/// never on the request's own latency path, never more than one at a time
+/// per layer, and never sooner than the layer's `gc_min_interval` after the
+/// previous collection started.
+pub(crate) fn lottery(layer: &SessionLayer, now: i64) {
+    let (hits, out_of) = layer.config.lottery;
+    if hits == 0 || !rand::rng().random_ratio(hits, out_of) {
+        return;
+    }
+    let Some(running) = layer.gc.claim(Instant::now(), layer.config.gc_min_interval) else {
+        return;
+    };
+    let store = Arc::clone(&layer.store);
+    tokio::spawn(async move {
+        let _running = running;
+        match store.gc(now).await {
+            Ok(deleted) => tracing::debug!(store = store.kind(), deleted, "session gc"),
+            Err(error) => tracing::error!(
+                store = store.kind(),
+                error = %Report(&error),
+                "session gc failed; the next lottery win tries again"
+            ),
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -327,6 +404,45 @@ mod tests {
         all_seen.notified().await;
         handle.shutdown().await;
         Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+    }
+
+    #[test]
+    fn the_floor_drops_a_claim_sooner_than_the_interval() {
+        let lottery = Lottery::default();
+        let start = Instant::now();
+        let minute = Duration::from_secs(60);
+        drop(
+            lottery
+                .claim(start, minute)
+                .expect("the first claim collects"),
+        );
+        assert!(
+            lottery
+                .claim(start + Duration::from_secs(59), minute)
+                .is_none()
+        );
+        assert!(lottery.claim(start + minute, minute).is_some());
+    }
+
+    #[test]
+    fn a_zero_floor_collects_on_every_claim_but_one_at_a_time() {
+        let lottery = Lottery::default();
+        let at = Instant::now();
+        let first = lottery.claim(at, Duration::ZERO).expect("collects");
+        assert!(lottery.claim(at, Duration::ZERO).is_none(), "one in flight");
+        drop(first);
+        assert!(lottery.claim(at, Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn a_claim_dropped_for_a_running_gc_does_not_move_the_floor() {
+        let lottery = Lottery::default();
+        let start = Instant::now();
+        let minute = Duration::from_secs(60);
+        let running = lottery.claim(start, minute).expect("collects");
+        assert!(lottery.claim(start + minute * 2, minute).is_none());
+        drop(running);
+        assert!(lottery.claim(start + minute, minute).is_some());
     }
 
     #[tokio::test]

@@ -51,7 +51,9 @@
 //!    cookie from a concurrent response (a login in another tab) that a
 //!    removal would delete.
 //! 7. With the lottery's probability (2 in 100 by default) the store's `gc`
-//!    runs on a spawned task, off the request's latency path.
+//!    runs on a spawned task, off the request's latency path, at most once a
+//!    minute per layer by default
+//!    ([`with_gc_min_interval`](SessionLayer::with_gc_min_interval)).
 //!
 //! A store failure never escapes the service as an `Err` and never panics:
 //! the client gets a 500 (or the response of

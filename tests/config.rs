@@ -27,6 +27,7 @@ fn defaults() {
         (c.lottery, c.table.as_str(), c.cookie.as_str()),
         ((2, 100), "sessions", "keepsake_session")
     );
+    assert_eq!(c.gc_min_interval, Duration::from_secs(60));
     assert!(c.secure && c.http_only && !c.encrypt && !c.expire_on_close);
 }
 
@@ -41,6 +42,7 @@ fn every_variable_is_read() {
         ("DATABASE_URL", "postgres://db/app"),
         ("SESSION_TABLE", "web_sessions"),
         ("SESSION_LOTTERY", "1, 50"),
+        ("SESSION_GC_MIN_INTERVAL", "0"),
         ("SESSION_COOKIE", "app_session"),
         ("SESSION_PATH", "/app"),
         ("SESSION_DOMAIN", "example.com"),
@@ -60,6 +62,7 @@ fn every_variable_is_read() {
     assert_eq!(c.files.to_str(), Some("/var/sessions"));
     assert_eq!(c.connection.as_deref(), Some("postgres://db/app"));
     assert_eq!((c.table.as_str(), c.lottery), ("web_sessions", (1, 50)));
+    assert_eq!(c.gc_min_interval, Duration::ZERO);
     assert_eq!(
         (c.cookie.as_str(), c.path.as_str(), c.domain.as_deref()),
         ("app_session", "/app", Some("example.com"))
@@ -96,12 +99,26 @@ fn every_bad_value_names_its_variable() {
         ("SESSION_LOTTERY", "5,2"),
         ("SESSION_LOTTERY", "1,0"),
         ("SESSION_LOTTERY", "a,b"),
+        ("SESSION_GC_MIN_INTERVAL", "-1"),
+        ("SESSION_GC_MIN_INTERVAL", "1m"),
         ("SESSION_COOKIE", "bad name"),
         ("SESSION_PATH", "relative"),
         ("SESSION_DOMAIN", "a b"),
         ("SESSION_SECURE_COOKIE", "sure"),
         ("SESSION_HTTP_ONLY", "nope"),
         ("SESSION_SAME_SITE", "sometimes"),
+        ("SESSION_COOKIE", "a;b"),
+        ("SESSION_COOKIE", "s=x"),
+        ("SESSION_COOKIE", "sessi\u{f6}n"),
+        ("SESSION_PATH", "/a;Domain=evil.test"),
+        ("SESSION_PATH", "/a b"),
+        ("SESSION_DOMAIN", "example.com;x"),
+        ("SESSION_PARTITIONED_COOKIE", "perhaps"),
+        ("SESSION_TRUSTED_PROXIES", "-1"),
+        ("SESSION_TRUSTED_PROXIES", "256"),
+        ("SESSION_TRUSTED_PROXIES", "yes"),
+        ("SESSION_PROXY_HEADER", "x-real-ip"),
+        ("SESSION_PROXY_HEADER", "both"),
     ];
     for (variable, value) in cases {
         let error = read(&[(variable, value)]).unwrap_err();
@@ -340,4 +357,142 @@ async fn memory_builds_with_the_configured_cookie() {
         .unwrap();
     assert_eq!(layer.store().kind(), "memory");
     assert!(format!("{layer:?}").contains("\"app\""));
+}
+
+#[tokio::test]
+async fn trusted_proxies_from_the_environment() {
+    use keepsake::middleware::ProxyHeader;
+
+    let c = read(&[]).unwrap();
+    assert_eq!(
+        (c.trusted_proxies, c.proxy_header),
+        (0, ProxyHeader::XForwardedFor)
+    );
+    let c = read(&[
+        ("SESSION_TRUSTED_PROXIES", " 2 "),
+        ("SESSION_PROXY_HEADER", "Forwarded"),
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.trusted_proxies, c.proxy_header),
+        (2, ProxyHeader::Forwarded)
+    );
+
+    let layer = read(&[
+        ("SESSION_DRIVER", "memory"),
+        ("SESSION_TRUSTED_PROXIES", "2"),
+    ])
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    let debug = format!("{layer:?}");
+    assert!(
+        debug.contains("trusted_proxies: Some(TrustedProxies { header: XForwardedFor, hops: 2 })"),
+        "{debug}"
+    );
+    let layer = read(&[
+        ("SESSION_DRIVER", "memory"),
+        ("SESSION_PROXY_HEADER", "forwarded"),
+    ])
+    .unwrap()
+    .build()
+    .await
+    .unwrap();
+    assert!(format!("{layer:?}").contains("trusted_proxies: None"));
+}
+
+#[test]
+fn cookie_prefixes_need_their_attributes() {
+    let c = read(&[
+        ("SESSION_COOKIE", "__Host-session"),
+        ("SESSION_PARTITIONED_COOKIE", "on"),
+    ])
+    .unwrap();
+    assert_eq!(c.cookie, "__Host-session");
+    assert!(c.partitioned);
+
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("SESSION_COOKIE", "__Host-s"),
+                ("SESSION_SECURE_COOKIE", "false"),
+            ],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[
+                ("SESSION_COOKIE", "__Host-s"),
+                ("SESSION_DOMAIN", "example.com"),
+            ],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[("SESSION_COOKIE", "__host-s"), ("SESSION_PATH", "/app")],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[
+                ("SESSION_COOKIE", "__Secure-s"),
+                ("SESSION_SECURE_COOKIE", "0"),
+            ],
+            "SESSION_COOKIE",
+        ),
+        (
+            &[
+                ("SESSION_PARTITIONED_COOKIE", "true"),
+                ("SESSION_SECURE_COOKIE", "false"),
+            ],
+            "SESSION_PARTITIONED_COOKIE",
+        ),
+    ];
+    for (vars, variable) in cases {
+        let error = read(vars).unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Invalid { variable: v, .. } if v == variable),
+            "{vars:?}: {error:?}"
+        );
+        assert!(error.to_string().contains(variable), "{error}");
+    }
+    // `null` is Laravel's "no domain", which `__Host-` allows.
+    let c = read(&[("SESSION_COOKIE", "__Host-s"), ("SESSION_DOMAIN", "null")]).unwrap();
+    assert_eq!(c.domain, None);
+}
+
+#[tokio::test]
+async fn fields_set_in_code_are_checked_by_build() {
+    let mut c = read(&[("SESSION_DRIVER", "memory")]).unwrap();
+    c.cookie = "bad name".to_owned();
+    let error = c.build().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConfigError::Invalid {
+                variable: "SESSION_COOKIE",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+
+    let mut c = read(&[("SESSION_DRIVER", "memory")]).unwrap();
+    c.cookie = "__Host-s".to_owned();
+    c.path = "/app".to_owned();
+    let error = c.build().await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConfigError::Invalid {
+                variable: "SESSION_COOKIE",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+
+    let mut c = read(&[("SESSION_DRIVER", "memory")]).unwrap();
+    c.partitioned = true;
+    c.cookie = "__Host-s".to_owned();
+    let layer = c.build().await.unwrap();
+    assert!(format!("{layer:?}").contains("partitioned: true"));
 }

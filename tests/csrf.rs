@@ -342,12 +342,85 @@ async fn exempt_paths_and_prefixes_pass_untouched() {
 }
 
 #[tokio::test]
-async fn body_over_the_limit_is_413() {
+async fn an_exempt_prefix_matches_whole_segments_of_the_decoded_path() {
+    let app = Router::new()
+        .route("/{*rest}", post(|| async { "reached" }))
+        .layer(
+            CsrfLayer::new()
+                .with_exempt_prefix("/api")
+                .with_exempt_path("/hook"),
+        )
+        .layer(layer(MemoryStore::new()));
+    let status = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::post(path).body(Body::empty()).unwrap();
+            app.oneshot(request).await.unwrap().status().as_u16()
+        }
+    };
+    for exempt in [
+        "/api",
+        "/api/",
+        "/api/x",
+        "/api/keys/delete",
+        "/%61pi/x",
+        "/hook",
+        "/hook/",
+        "/h%6Fok",
+    ] {
+        assert_eq!(status(exempt).await, 200, "{exempt}");
+    }
+    for checked in [
+        "/api-keys/delete",
+        "/apix",
+        "/ap",
+        "/api%2Fkeys",
+        "/v1/api/x",
+        "/hook/x",
+        "/hooks",
+        "/",
+    ] {
+        assert_eq!(status(checked).await, 419, "{checked}");
+    }
+}
+
+#[tokio::test]
+async fn exemptions_under_a_nested_router_see_the_full_path() {
+    // The CSRF layer sits on the nested router, which sees `/keys`; the
+    // exemption is written for the path the application serves.
+    let api = Router::new()
+        .route("/keys", post(|| async { "keys" }))
+        .layer(CsrfLayer::new().with_exempt_prefix("/api"));
+    let admin = Router::new()
+        .route("/keys", post(|| async { "keys" }))
+        .layer(CsrfLayer::new().with_exempt_prefix("/api"));
+    let app = Router::new()
+        .nest("/api", api)
+        .nest("/admin", admin)
+        .layer(layer(MemoryStore::new()));
+    let status = |path: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = Request::post(path).body(Body::empty()).unwrap();
+            app.oneshot(request).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(status("/api/keys").await, 200);
+    assert_eq!(status("/admin/keys").await, 419);
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_unless_the_token_came_first() {
     let c = client_with(CsrfLayer::new().with_body_limit(64));
     let token = token(&c).await;
     let big = "x".repeat(100);
-    let r = c.post("/echo", &[("_token", &token), ("big", &big)]).await;
+    // The token last: the whole body would have to be buffered.
+    let r = c.post("/echo", &[("big", &big), ("_token", &token)]).await;
     r.assert_status(413);
+    // The token first: reading stops there, and the handler gets every byte.
+    let r = c.post("/echo", &[("_token", &token), ("big", &big)]).await;
+    r.assert_status(200);
+    assert_eq!(r.json()["body"], json!(format!("_token={token}&big={big}")));
 
     // Without a Content-Length, as the body streams in.
     let chunks: Vec<Result<Bytes, std::io::Error>> = (0..10)
@@ -381,6 +454,322 @@ async fn body_over_the_limit_is_413() {
     .await;
     r.assert_status(200);
     assert_eq!(r.json()["body"], json!(big));
+}
+
+/// A large upload whose token comes first streams through: the layer reads
+/// only up to the token, and the rest reaches the handler unread, however
+/// far past the limit, whatever the chunking.
+#[tokio::test]
+async fn a_large_form_with_the_token_first_streams_past_the_limit() {
+    let c = client_with(CsrfLayer::new().with_body_limit(1024));
+    let token = token(&c).await;
+    let file = "0123456789abcdef".repeat(64 * 1024); // 1 MiB
+    let cases = [
+        (
+            "application/x-www-form-urlencoded".to_owned(),
+            format!("_token={token}&file={file}"),
+        ),
+        (
+            "multipart/form-data; boundary=XyZ".to_owned(),
+            multipart(
+                "XyZ",
+                &[("_token", None, &token), ("file", Some("big.bin"), &file)],
+            ),
+        ),
+    ];
+    for (content_type, body) in cases {
+        for chunk in [1, 7, 1000, 64 * 1024, body.len()] {
+            let chunks: Vec<Result<Bytes, std::io::Error>> = body
+                .as_bytes()
+                .chunks(chunk)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            // Chunks of one byte are slow to echo through JSON: check the
+            // length and the ends.
+            if chunk == 1 && body.len() > 100_000 {
+                let head = body[..200].to_owned();
+                let stream =
+                    Body::from_stream(futures_util::stream::iter(chunks.into_iter().take(200)));
+                let r = send(
+                    &c,
+                    Method::POST,
+                    "/echo",
+                    &[("content-type", &content_type)],
+                    stream,
+                )
+                .await;
+                r.assert_status(200);
+                assert_eq!(r.json()["body"], json!(head));
+                continue;
+            }
+            let stream = Body::from_stream(futures_util::stream::iter(chunks));
+            let r = send(
+                &c,
+                Method::POST,
+                "/echo",
+                &[("content-type", &content_type)],
+                stream,
+            )
+            .await;
+            r.assert_status(200);
+            assert!(
+                r.json()["body"] == json!(body),
+                "{content_type} in chunks of {chunk}"
+            );
+        }
+    }
+
+    // A multipart token after the file is still found, within the limit
+    // only: the order that streams is the token first.
+    let late = multipart(
+        "XyZ",
+        &[("file", Some("big.bin"), &file), ("_token", None, &token)],
+    );
+    let r = send(
+        &c,
+        Method::POST,
+        "/echo",
+        &[("content-type", "multipart/form-data; boundary=XyZ")],
+        late,
+    )
+    .await;
+    r.assert_status(413);
+    let small = multipart(
+        "XyZ",
+        &[("file", Some("a.txt"), "tiny"), ("_token", None, &token)],
+    );
+    let r = send(
+        &c,
+        Method::POST,
+        "/echo",
+        &[("content-type", "multipart/form-data; boundary=XyZ")],
+        small.clone(),
+    )
+    .await;
+    r.assert_status(200);
+    assert_eq!(r.json()["body"], json!(small));
+
+    // A wrong token first is refused without reading the rest.
+    let r = c
+        .post("/echo", &[("_token", "forged"), ("file", &file)])
+        .await;
+    assert_mismatch(&r);
+}
+
+/// Requests from the application's own pages, as browsers send them.
+fn browser_headers<'a>(site: &'a str, origin: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut headers = vec![("host", "example.com"), ("sec-fetch-site", site)];
+    if let Some(origin) = origin {
+        headers.push(("origin", origin));
+    }
+    headers
+}
+
+#[tokio::test]
+async fn the_origin_check_refuses_cross_site_requests_even_with_the_token() {
+    let c = client();
+    let token = token(&c).await;
+    let form = format!("_token={token}");
+    let ct = ("content-type", "application/x-www-form-urlencoded");
+    let post = |headers: Vec<(&'static str, &'static str)>| {
+        let c = &c;
+        let form = form.clone();
+        async move {
+            let mut headers = headers;
+            headers.push(ct);
+            send(c, Method::POST, "/echo", &headers, form)
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    // The application's own forms.
+    assert_eq!(
+        post(browser_headers("same-origin", Some("https://example.com"))).await,
+        200
+    );
+    assert_eq!(
+        post(browser_headers("same-origin", Some("http://example.com"))).await,
+        200
+    );
+    assert_eq!(post(browser_headers("none", None)).await, 200);
+    assert_eq!(
+        post(vec![("host", "example.com")]).await,
+        200,
+        "neither header"
+    );
+    // A page of another site that got hold of the token.
+    assert_eq!(
+        post(browser_headers("cross-site", Some("https://evil.test"))).await,
+        419
+    );
+    assert_eq!(post(browser_headers("cross-site", None)).await, 419);
+    assert_eq!(
+        post(vec![
+            ("host", "example.com"),
+            ("origin", "https://evil.test")
+        ])
+        .await,
+        419
+    );
+    assert_eq!(
+        post(vec![("host", "example.com"), ("origin", "null")]).await,
+        419
+    );
+    // A sibling subdomain is same-site but not the same origin.
+    assert_eq!(
+        post(browser_headers(
+            "same-site",
+            Some("https://blog.example.com")
+        ))
+        .await,
+        419
+    );
+    assert_eq!(
+        post(vec![
+            ("host", "example.com:8080"),
+            ("origin", "http://example.com")
+        ])
+        .await,
+        419
+    );
+    // Safe methods are not checked.
+    let r = send(
+        &c,
+        Method::GET,
+        "/echo",
+        &browser_headers("cross-site", Some("https://evil.test")),
+        "",
+    )
+    .await;
+    r.assert_status(200);
+
+    // The switch.
+    let off = client_with(CsrfLayer::new().with_origin_check(false));
+    let token = token_of(&off).await;
+    let r = send(
+        &off,
+        Method::POST,
+        "/echo",
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "https://evil.test"),
+            ("x-csrf-token", &token),
+        ],
+        "",
+    )
+    .await;
+    r.assert_status(200);
+}
+
+#[tokio::test]
+async fn allowed_origins_and_trusted_proxies() {
+    let c = client_with(
+        CsrfLayer::new()
+            .with_allowed_origin("https://example.com")
+            .with_allowed_origin("https://partner.test:8443"),
+    );
+    let token = token(&c).await;
+    let status = |headers: Vec<(&'static str, &'static str)>| {
+        let c = &c;
+        let token = token.clone();
+        async move {
+            let mut request = c
+                .request(Method::POST, "/echo")
+                .header("x-csrf-token", token);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            c.send(request.body(Body::empty()).unwrap())
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        status(vec![
+            ("host", "internal:3000"),
+            ("origin", "https://example.com")
+        ])
+        .await,
+        200
+    );
+    assert_eq!(
+        status(vec![
+            ("origin", "https://partner.test:8443"),
+            ("sec-fetch-site", "cross-site")
+        ])
+        .await,
+        200
+    );
+    assert_eq!(
+        status(vec![
+            ("host", "internal:3000"),
+            ("origin", "http://internal:3000")
+        ])
+        .await,
+        419
+    );
+    assert_eq!(status(vec![("origin", "https://partner.test")]).await, 419);
+
+    // Behind a trusted proxy the origin the client asked for is the
+    // proxy's forwarded host and scheme.
+    let proxied = TestClient::new(
+        routes().layer(CsrfLayer::new()),
+        layer(MemoryStore::new()).with_trusted_proxies(keepsake::middleware::TrustedProxies::new()),
+    );
+    let token = token_of(&proxied).await;
+    let send_with = |headers: Vec<(&'static str, &'static str)>| {
+        let c = &proxied;
+        let token = token.clone();
+        async move {
+            let mut request = c
+                .request(Method::POST, "/echo")
+                .header("x-csrf-token", token);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            c.send(request.body(Body::empty()).unwrap())
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    let behind = vec![
+        ("host", "10.0.0.5:8080"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-host", "example.com"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let with_origin = |origin: &'static str| {
+        let mut headers = behind.clone();
+        headers.push(("origin", origin));
+        headers
+    };
+    assert_eq!(send_with(with_origin("https://example.com")).await, 200);
+    assert_eq!(send_with(with_origin("http://example.com")).await, 419);
+    assert_eq!(send_with(with_origin("http://10.0.0.5:8080")).await, 419);
+    // Without trust, the forwarded headers are the client's and ignored.
+    let direct = client();
+    let token = token_of(&direct).await;
+    let mut request = direct
+        .request(Method::POST, "/echo")
+        .header("x-csrf-token", token);
+    for (name, value) in with_origin("https://example.com") {
+        request = request.header(name, value);
+    }
+    let r = direct.send(request.body(Body::empty()).unwrap()).await;
+    r.assert_status(419);
+}
+
+async fn token_of(client: &TestClient) -> String {
+    token(client).await
+}
+
+#[test]
+#[should_panic(expected = "CsrfLayer::with_allowed_origin(\"example.com\")")]
+fn an_allowed_origin_must_be_an_origin() {
+    let _ = CsrfLayer::new().with_allowed_origin("example.com");
 }
 
 #[tokio::test]
@@ -501,10 +890,13 @@ async fn sessions_carried_in_a_header_are_not_checked() {
     let id = first.headers()[&id_header].to_str().unwrap().to_owned();
     assert!(!id.is_empty());
 
-    // An API client: the id in the header, no CSRF token.
+    // An API client: the id in the header, no CSRF token, and (a script
+    // on another origin, allowed by CORS) a foreign origin.
     let r = call(
         Request::post("/loaded")
             .header(&id_header, &id)
+            .header("origin", "https://spa.example.net")
+            .header("sec-fetch-site", "cross-site")
             .body(Body::empty())
             .unwrap(),
     )

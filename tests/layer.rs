@@ -13,6 +13,7 @@ use axum::routing::get;
 use common::{Counting, Failing, app, ok, run};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, StatusCode};
+use keepsake::middleware::{ProxyHeader, TrustedProxies};
 use keepsake::testing::TestClient;
 use keepsake::{
     MemoryStore, SameSite, Session, SessionFailure, SessionId, SessionLayer, SessionStore,
@@ -650,11 +651,57 @@ async fn the_lottery_collects_garbage_off_the_request() {
     panic!("gc never ran");
 }
 
+/// Waits (by yielding, not by time) until the counting store has seen `n`
+/// collections; false if it never does.
+async fn gc_count_reaches(calls: &[std::sync::atomic::AtomicUsize; 8], n: usize) -> bool {
+    for _ in 0..10_000 {
+        if Counting::<MemoryStore>::counts(calls)[common::GC] >= n {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_gc_floor_lets_one_collection_through_per_interval() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    // The default floor (a minute) with a lottery that always wins.
+    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(1, 1));
+    c.post("/incr", &[]).await.assert_status(200);
+    assert!(gc_count_reaches(&calls, 1).await, "the first win collects");
+    c.post("/incr", &[]).await.assert_status(200);
+    c.post("/incr", &[]).await.assert_status(200);
+    // Give a (wrongly) spawned collection every chance to run.
+    for _ in 0..1_000 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(Counting::<MemoryStore>::counts(&calls)[common::GC], 1);
+}
+
+#[tokio::test]
+async fn a_zero_gc_floor_collects_on_every_win() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let layer = SessionLayer::new(store)
+        .with_lottery(1, 1)
+        .with_gc_min_interval(Duration::ZERO);
+    let c = TestClient::new(app(), layer);
+    c.post("/incr", &[]).await.assert_status(200);
+    assert!(gc_count_reaches(&calls, 1).await, "the first win collects");
+    c.post("/incr", &[]).await.assert_status(200);
+    assert!(gc_count_reaches(&calls, 2).await, "the second win collects");
+}
+
 #[tokio::test]
 async fn a_failing_gc_is_logged_and_tried_again() {
     let store = Failing::new(Counting::new(MemoryStore::new()));
     store.fail.lock().unwrap().push(common::GC);
-    let c = TestClient::new(app(), SessionLayer::new(store).with_lottery(1, 1));
+    let layer = SessionLayer::new(store)
+        .with_lottery(1, 1)
+        .with_gc_min_interval(Duration::ZERO);
+    let c = TestClient::new(app(), layer);
     c.post("/incr", &[]).await.assert_status(200);
     c.post("/incr", &[]).await.assert_status(200);
     c.session().await.assert_has_value("counter", 2);
@@ -665,9 +712,10 @@ async fn client_info_is_recorded_behind_a_trusted_proxy() {
     let store = Arc::new(MemoryStore::new());
     let layer = SessionLayer::from_arc(store.clone())
         .with_client_info(true)
-        .with_trusted_proxy(true);
+        .with_trusted_proxies(TrustedProxies::new());
+    // The client forged the first entry; the proxy appended what it saw.
     let c = TestClient::new(app(), layer)
-        .with_header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
+        .with_header("x-forwarded-for", "10.9.9.9, 203.0.113.7")
         .with_header("user-agent", "Firefox/1");
     run(&c, json!([["put", "a", 1], ["set_user_id", "u1"]])).await;
     let listed = store.list_for_user("u1").await.unwrap();
@@ -675,12 +723,157 @@ async fn client_info_is_recorded_behind_a_trusted_proxy() {
     assert_eq!(listed[0].user_agent.as_deref(), Some("Firefox/1"));
 }
 
+/// The address recorded for one request sent with `headers` from the
+/// socket address 192.0.2.200.
+async fn recorded_address(trust: Option<TrustedProxies>, headers: &[(&str, &str)]) -> String {
+    let store = Arc::new(MemoryStore::new());
+    let mut layer = SessionLayer::from_arc(store.clone())
+        .with_client_info(true)
+        .with_lottery(0, 1);
+    if let Some(trust) = trust {
+        layer = layer.with_trusted_proxies(trust);
+    }
+    let mut request = Request::post("/run")
+        .header("content-type", "application/json")
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [192, 0, 2, 200],
+            41_000,
+        ))))
+        .body(Body::from(r#"[["put","a",1],["set_user_id","u1"]]"#))
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let response = app().layer(layer).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let listed = store.list_for_user("u1").await.unwrap();
+    listed[0].ip_address.clone().unwrap()
+}
+
+#[tokio::test]
+async fn a_forged_forwarding_header_never_becomes_the_client_address() {
+    let one = Some(TrustedProxies::new());
+    let two = Some(TrustedProxies::new().with_hops(2));
+    let forwarded = Some(TrustedProxies::new().with_header(ProxyHeader::Forwarded));
+    let xff = "x-forwarded-for";
+    type Case<'a> = (Option<TrustedProxies>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case<'_>] = &[
+        // No trusted proxy: the header is the client's own invention.
+        (None, &[(xff, "203.0.113.7")], "192.0.2.200"),
+        (one, &[(xff, "203.0.113.7")], "203.0.113.7"),
+        // A thief replays a cookie claiming the victim's address.
+        (one, &[(xff, "198.51.100.1, 203.0.113.7")], "203.0.113.7"),
+        (
+            one,
+            &[(xff, "198.51.100.1"), (xff, "203.0.113.7")],
+            "203.0.113.7",
+        ),
+        (
+            two,
+            &[(xff, "198.51.100.1, 203.0.113.7, 10.0.0.2")],
+            "203.0.113.7",
+        ),
+        // Fewer entries than trusted hops, or not an address: the socket.
+        (two, &[(xff, "203.0.113.7")], "192.0.2.200"),
+        (one, &[(xff, "203.0.113.7, unknown")], "192.0.2.200"),
+        (
+            one,
+            &[(xff, "203.0.113.7, <script>alert(1)</script>")],
+            "192.0.2.200",
+        ),
+        (one, &[(xff, "[2001:db8::7]:443")], "2001:db8::7"),
+        // RFC 7239, and only the configured header is believed.
+        (
+            forwarded,
+            &[("forwarded", r#"for=198.51.100.1, for="[2001:db8::7]:4711""#)],
+            "2001:db8::7",
+        ),
+        (
+            forwarded,
+            &[("forwarded", "for=_hidden"), (xff, "203.0.113.7")],
+            "192.0.2.200",
+        ),
+        (one, &[("forwarded", "for=198.51.100.1")], "192.0.2.200"),
+    ];
+    for (trust, headers, expected) in cases {
+        assert_eq!(
+            recorded_address(*trust, headers).await,
+            *expected,
+            "{trust:?} {headers:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_duplicate_cookie_sent_first_does_not_lose_the_session() {
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let layer = SessionLayer::new(store).with_lottery(0, 1);
+    let c = TestClient::new(app(), layer.clone());
+    run(&c, json!([["put", "user", "ada"]])).await;
+    let live = c.cookie().unwrap();
+    let stale = SessionId::generate();
+
+    // The browser sends a stale cookie of a parent domain first, then junk,
+    // then the live one.
+    let send = |cookies: String| {
+        let layer = layer.clone();
+        async move {
+            let request = Request::post("/run")
+                .header(COOKIE, cookies)
+                .header("content-type", "application/json")
+                .body(Body::from(r#"[["get","user"],["id"]]"#))
+                .unwrap();
+            let response = common::app().layer(layer).oneshot(request).await.unwrap();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Vec<serde_json::Value>>(&body).unwrap()
+        }
+    };
+    let before = calls[common::LOAD].load(std::sync::atomic::Ordering::SeqCst);
+    let r = send(format!(
+        "keepsake_session={}; keepsake_session=junk; keepsake_session={live}",
+        stale.as_str()
+    ))
+    .await;
+    assert_eq!(ok(&r[0]), json!("ada"));
+    assert_eq!(ok(&r[1]), json!(live));
+    let loads = calls[common::LOAD].load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert_eq!(loads, 2, "the stale id, then the live one");
+
+    // At most three candidates are tried: a fourth is never loaded.
+    let others: Vec<String> = (0..3)
+        .map(|_| SessionId::generate().as_str().to_owned())
+        .collect();
+    let before = calls[common::LOAD].load(std::sync::atomic::Ordering::SeqCst);
+    let r = send(format!(
+        "keepsake_session={}; keepsake_session={}; keepsake_session={}; keepsake_session={live}",
+        others[0], others[1], others[2]
+    ))
+    .await;
+    assert_eq!(ok(&r[0]), json!(null));
+    assert_ne!(ok(&r[1]), json!(live));
+    let loads = calls[common::LOAD].load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert_eq!(loads, 3);
+
+    // The same id twice is loaded once.
+    let before = calls[common::LOAD].load(std::sync::atomic::Ordering::SeqCst);
+    let r = send(format!("keepsake_session={live}; keepsake_session={live}")).await;
+    assert_eq!(ok(&r[0]), json!("ada"));
+    let loads = calls[common::LOAD].load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert_eq!(loads, 1);
+}
+
 #[tokio::test]
 async fn a_session_bound_to_its_client_is_invalidated_elsewhere() {
     use keepsake::middleware::Binding;
     let store = Arc::new(MemoryStore::new());
     let layer = SessionLayer::from_arc(store.clone())
-        .with_trusted_proxy(true)
+        .with_trusted_proxies(TrustedProxies::new())
         .with_binding(Binding::user_agent().with_ip_prefix(24, 64));
     let browser = TestClient::new(app(), layer.clone())
         .with_header("user-agent", "Firefox/1")
@@ -783,10 +976,21 @@ async fn lottery_wins_during_a_running_gc_start_no_second_one() {
     let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let c = TestClient::new(
         app(),
-        SessionLayer::new(SlowGc(MemoryStore::new(), Arc::clone(&runs))).with_lottery(1, 1),
+        SessionLayer::new(SlowGc(MemoryStore::new(), Arc::clone(&runs)))
+            .with_lottery(1, 1)
+            .with_gc_min_interval(Duration::ZERO),
     );
     for _ in 0..10 {
         c.post("/incr", &[]).await.assert_status(200);
+    }
+    // The first win's task may not have been scheduled yet on a busy machine;
+    // the wins after it were dropped all the same (the flag is set before
+    // the spawn).
+    for _ in 0..40 {
+        if runs.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(
         runs.load(std::sync::atomic::Ordering::SeqCst),
@@ -801,4 +1005,139 @@ async fn lottery_wins_during_a_running_gc_start_no_second_one() {
         2,
         "the next win after it ends runs again"
     );
+}
+
+/// The panic message of `f`.
+fn panic_message(f: impl FnOnce() -> SessionLayer + std::panic::UnwindSafe) -> String {
+    let payload = std::panic::catch_unwind(f).expect_err("the configuration was accepted");
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_invalid_cookie_setting_panics_naming_the_setting_and_the_value() {
+    let layer = || SessionLayer::new(MemoryStore::new());
+    type Build = Box<dyn FnOnce() -> SessionLayer + std::panic::UnwindSafe>;
+    let cases: Vec<(Build, &str, &str)> = vec![
+        (
+            Box::new(move || layer().with_cookie_name("my session")),
+            "with_cookie_name",
+            "\"my session\"",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("a;b")),
+            "with_cookie_name",
+            "\"a;b\"",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("")),
+            "with_cookie_name",
+            "\"\"",
+        ),
+        (
+            Box::new(move || layer().with_path("app")),
+            "with_path",
+            "\"app\"",
+        ),
+        (
+            Box::new(move || layer().with_path("/a;Domain=evil.test")),
+            "with_path",
+            "\"/a;Domain=evil.test\"",
+        ),
+        (
+            Box::new(move || layer().with_domain("evil.test; x")),
+            "with_domain",
+            "\"evil.test; x\"",
+        ),
+        // `__Host-` demands Secure, no Domain and Path=/: whichever setting
+        // breaks that, in whichever order, is the one named.
+        (
+            Box::new(move || layer().with_cookie_name("__Host-s").with_secure(false)),
+            "with_secure",
+            "false",
+        ),
+        (
+            Box::new(move || layer().with_secure(false).with_cookie_name("__Host-s")),
+            "with_cookie_name",
+            "\"__Host-s\"",
+        ),
+        (
+            Box::new(move || {
+                layer()
+                    .with_cookie_name("__Host-s")
+                    .with_domain("example.com")
+            }),
+            "with_domain",
+            "\"example.com\"",
+        ),
+        (
+            Box::new(move || {
+                layer()
+                    .with_domain("example.com")
+                    .with_cookie_name("__Host-s")
+            }),
+            "with_cookie_name",
+            "__Host-",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("__Host-s").with_path("/app")),
+            "with_path",
+            "\"/app\"",
+        ),
+        (
+            Box::new(move || layer().with_path("/app").with_cookie_name("__host-s")),
+            "with_cookie_name",
+            "\"__host-s\"",
+        ),
+        (
+            Box::new(move || layer().with_cookie_name("__Secure-s").with_secure(false)),
+            "with_secure",
+            "__Secure-",
+        ),
+        (
+            Box::new(move || layer().with_secure(false).with_partitioned(true)),
+            "with_partitioned",
+            "Partitioned",
+        ),
+        (
+            Box::new(move || layer().with_partitioned(true).with_secure(false)),
+            "with_secure",
+            "Partitioned",
+        ),
+    ];
+    for (build, setting, value) in cases {
+        let message = panic_message(build);
+        assert!(
+            message.contains(&format!("SessionLayer::{setting}(")) && message.contains(value),
+            "{setting} {value}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn host_prefixed_and_partitioned_cookies() {
+    let layer = SessionLayer::new(MemoryStore::new())
+        .with_lottery(0, 1)
+        .with_cookie_name("__Host-session")
+        .with_partitioned(true)
+        .with_domain("");
+    let c = TestClient::new(app(), layer);
+    let response = c.post("/incr", &[]).await;
+    response.assert_status(200);
+    let set_cookie = response.set_cookies().join("\n");
+    assert!(set_cookie.starts_with("__Host-session="), "{set_cookie}");
+    for attribute in ["; Secure", "; Path=/", "; Partitioned"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    assert!(!set_cookie.contains("Domain"), "{set_cookie}");
+    // The cookie comes back and the session continues.
+    c.post("/incr", &[]).await.assert_status(200);
+    c.session().await.assert_has_value("counter", 2);
+
+    // Off by default.
+    let plain = client().post("/incr", &[]).await.set_cookies().join("\n");
+    assert!(!plain.contains("Partitioned"), "{plain}");
 }

@@ -40,6 +40,88 @@ pub(crate) fn field(
     }
 }
 
+/// Looks for field `name` in the complete pairs (those followed by `&`) of
+/// a urlencoded body received so far, from byte `from` on; `from` moves
+/// past the pairs checked. The first pair named `name` gives its value, as
+/// [`field`] would for the whole body: no later byte can change it.
+pub(crate) fn urlencoded_prefix_field(
+    received: &[u8],
+    from: &mut usize,
+    name: &str,
+) -> Option<Vec<u8>> {
+    let rest = received.get(*from..)?;
+    let complete = rest.iter().rposition(|&b| b == b'&')?;
+    let found = urlencoded_field(rest.get(..complete)?, name.as_bytes());
+    *from += complete + 1;
+    found
+}
+
+/// What the first part of a multipart body, as far as it has arrived, says
+/// about field `name`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FirstPart {
+    /// The first part is not complete yet.
+    Incomplete,
+    /// The first part is the field, with this value: the same value
+    /// [`field`] finds in the whole body, whatever follows.
+    Field(Vec<u8>),
+    /// The first part is something else (or the body is malformed): only the
+    /// whole body can tell.
+    Other,
+}
+
+/// The first part of a multipart body received so far.
+pub(crate) fn multipart_first_part(content_type: &[u8], received: &[u8], name: &str) -> FirstPart {
+    let Some(boundary) = boundary(content_type) else {
+        return FirstPart::Other;
+    };
+    let mut delimiter = Vec::with_capacity(boundary.len() + 4);
+    delimiter.extend_from_slice(b"\r\n--");
+    delimiter.extend_from_slice(&boundary);
+    let opening = delimiter.get(2..).unwrap_or_default();
+    let after_delimiter = match received.strip_prefix(opening) {
+        Some(rest) => rest,
+        None => match find(received, &delimiter) {
+            Some(at) => received.get(at + delimiter.len()..).unwrap_or_default(),
+            None => return FirstPart::Incomplete,
+        },
+    };
+    if after_delimiter.len() < 2 {
+        return FirstPart::Incomplete;
+    }
+    if after_delimiter.starts_with(b"--") {
+        return FirstPart::Other;
+    }
+    let padding = after_delimiter
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(after_delimiter.len());
+    let rest = after_delimiter.get(padding..).unwrap_or_default();
+    if rest.len() < 2 && b"\r\n".starts_with(rest) {
+        return FirstPart::Incomplete;
+    }
+    let Some(rest) = rest.strip_prefix(b"\r\n") else {
+        return FirstPart::Other;
+    };
+    let (headers, content) = match rest.strip_prefix(b"\r\n") {
+        Some(content) => (&[][..], content),
+        None => match find(rest, b"\r\n\r\n") {
+            Some(end) => (
+                rest.get(..end).unwrap_or_default(),
+                rest.get(end + 4..).unwrap_or_default(),
+            ),
+            None => return FirstPart::Incomplete,
+        },
+    };
+    if !is_field_named(headers, name.as_bytes()) {
+        return FirstPart::Other;
+    }
+    match find(content, &delimiter) {
+        Some(end) => FirstPart::Field(content.get(..end).unwrap_or_default().to_vec()),
+        None => FirstPart::Incomplete,
+    }
+}
+
 fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
@@ -362,6 +444,95 @@ mod tests {
         );
     }
 
+    #[test]
+    fn urlencoded_prefixes() {
+        let mut from = 0;
+        assert_eq!(
+            urlencoded_prefix_field(b"a=1&_tok", &mut from, "_token"),
+            None
+        );
+        assert_eq!(from, 4);
+        // An unterminated pair may still grow.
+        assert_eq!(
+            urlencoded_prefix_field(b"a=1&_token=ab", &mut from, "_token"),
+            None
+        );
+        assert_eq!(from, 4);
+        assert_eq!(
+            urlencoded_prefix_field(b"a=1&_token=abc&big=", &mut from, "_token"),
+            Some(b"abc".to_vec())
+        );
+        let mut from = 0;
+        assert_eq!(
+            urlencoded_prefix_field(b"%5Ftoken=x&_token=y&", &mut from, "_token"),
+            Some(b"x".to_vec())
+        );
+        let mut from = 0;
+        assert_eq!(urlencoded_prefix_field(b"", &mut from, "_token"), None);
+        assert_eq!(urlencoded_prefix_field(b"&&&", &mut from, "_token"), None);
+        assert_eq!(from, 3);
+    }
+
+    #[test]
+    fn multipart_first_parts() {
+        let body = multipart(&[
+            ("Content-Disposition: form-data; name=\"_token\"", "tok"),
+            (
+                "Content-Disposition: form-data; name=\"file\"; filename=\"a\"",
+                "data",
+            ),
+        ]);
+        // Every prefix is incomplete until the token's closing delimiter.
+        let complete = find(&body, b"tok\r\n--XyZ").expect("the token") + 10;
+        for end in 0..complete {
+            assert_eq!(
+                multipart_first_part(CT, &body[..end], "_token"),
+                FirstPart::Incomplete,
+                "{end}"
+            );
+        }
+        for end in complete..=body.len() {
+            assert_eq!(
+                multipart_first_part(CT, &body[..end], "_token"),
+                FirstPart::Field(b"tok".to_vec())
+            );
+        }
+        let later = multipart(&[
+            ("Content-Disposition: form-data; name=\"title\"", "x"),
+            ("Content-Disposition: form-data; name=\"_token\"", "tok"),
+        ]);
+        assert_eq!(multipart_first_part(CT, &later, "_token"), FirstPart::Other);
+        assert_eq!(
+            multipart_first_part(
+                CT,
+                b"--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n",
+                "_token"
+            ),
+            FirstPart::Other
+        );
+        assert_eq!(
+            multipart_first_part(CT, b"--XyZ--", "_token"),
+            FirstPart::Other
+        );
+        assert_eq!(
+            multipart_first_part(CT, b"--XyZ-x", "_token"),
+            FirstPart::Other
+        );
+        assert_eq!(
+            multipart_first_part(CT, b"--XyZx\r\n", "_token"),
+            FirstPart::Other
+        );
+        assert_eq!(
+            multipart_first_part(b"multipart/form-data", &body, "_token"),
+            FirstPart::Other
+        );
+        let preamble = [&b"preamble\r\n"[..], &body].concat();
+        assert_eq!(
+            multipart_first_part(CT, &preamble, "_token"),
+            FirstPart::Field(b"tok".to_vec())
+        );
+    }
+
     /// Random and mutated bodies never panic (a cheap, deterministic fuzz).
     #[test]
     fn garbage_never_panics() {
@@ -402,6 +573,20 @@ mod tests {
             let _ = field(FormKind::Multipart, &ct, &body, "_token");
             let _ = field(FormKind::UrlEncoded, &ct, &body, "_token");
             let _ = form_kind(&body);
+            // What a prefix decides, the whole body agrees with.
+            let whole = field(FormKind::Multipart, &ct, &body, "_token");
+            for end in [body.len() / 3, body.len() / 2, body.len()] {
+                if let FirstPart::Field(value) = multipart_first_part(&ct, &body[..end], "_token") {
+                    assert_eq!(whole.as_deref(), Some(&value[..]));
+                }
+                let mut from = 0;
+                if let Some(value) = urlencoded_prefix_field(&body[..end], &mut from, "_token") {
+                    assert_eq!(
+                        field(FormKind::UrlEncoded, &ct, &body, "_token"),
+                        Some(value)
+                    );
+                }
+            }
         }
     }
 }

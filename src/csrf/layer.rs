@@ -7,6 +7,7 @@ use axum_core::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use tower_layer::Layer;
 
+use super::origin::Origin;
 use super::service::CsrfService;
 
 /// Makes the response for a request whose token is missing or wrong.
@@ -20,6 +21,8 @@ pub(crate) struct Config {
     pub(crate) exempt_paths: Vec<String>,
     pub(crate) exempt_prefixes: Vec<String>,
     pub(crate) rejection: Option<RejectionHandler>,
+    pub(crate) origin_check: bool,
+    pub(crate) allowed_origins: Vec<Origin>,
 }
 
 impl Default for Config {
@@ -31,14 +34,27 @@ impl Default for Config {
             exempt_paths: Vec::new(),
             exempt_prefixes: Vec::new(),
             rejection: None,
+            // Defence in depth that costs nothing for a same-origin page.
+            origin_check: true,
+            // The request's own origin.
+            allowed_origins: Vec::new(),
         }
     }
 }
 
 impl Config {
+    /// Whether `path` (as the request carries it, percent-encoded) is
+    /// exempt: compared segment by segment after percent-decoding each
+    /// segment, so `/api` covers `/api` and `/api/x` but not `/api-keys`,
+    /// and `%2F` inside a segment never splits it.
     pub(crate) fn is_exempt(&self, path: &str) -> bool {
-        self.exempt_paths.iter().any(|p| p == path)
-            || self.exempt_prefixes.iter().any(|p| path.starts_with(p))
+        self.exempt_paths
+            .iter()
+            .any(|p| segments_match(p, path, true))
+            || self
+                .exempt_prefixes
+                .iter()
+                .any(|p| segments_match(p, path, false))
     }
 
     pub(crate) fn rejection(&self) -> Response {
@@ -56,8 +72,59 @@ impl fmt::Debug for Config {
             .field("exempt_paths", &self.exempt_paths)
             .field("exempt_prefixes", &self.exempt_prefixes)
             .field("rejection", &self.rejection.as_ref().map(|_| "…"))
+            .field("origin_check", &self.origin_check)
+            .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
+}
+
+/// Whether the segments of `pattern` equal those of `path` (`exact`) or
+/// begin them. A trailing `/` of the pattern is ignored.
+fn segments_match(pattern: &str, path: &str, exact: bool) -> bool {
+    let pattern = match pattern.strip_suffix('/') {
+        Some(trimmed) if !exact || !trimmed.is_empty() => trimmed,
+        _ => pattern,
+    };
+    let mut path_segments = path.split('/').map(percent_decode);
+    let prefix = pattern
+        .split('/')
+        .map(percent_decode)
+        .all(|expected| path_segments.next().is_some_and(|s| s == expected));
+    if exact {
+        // What is left of the path may only be one trailing `/`.
+        prefix
+            && path_segments.next().is_none_or(|s| s.is_empty())
+            && path_segments.next().is_none()
+    } else {
+        prefix
+    }
+}
+
+/// `%XX` escapes decoded (a malformed one kept as it is); `+` is literal in
+/// a path.
+fn percent_decode(segment: &str) -> std::borrow::Cow<'_, [u8]> {
+    let bytes = segment.as_bytes();
+    if !bytes.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let (Some(high), Some(low)) = (
+                bytes.get(i + 1).and_then(|&h| hex(h)),
+                bytes.get(i + 2).and_then(|&l| hex(l)),
+            )
+        {
+            out.push((high * 16 + low) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// `419`, the status Laravel answers a CSRF token mismatch with ("page
@@ -88,7 +155,8 @@ fn default_rejection() -> Response {
 ///
 /// let csrf = CsrfLayer::new()
 ///     .with_exempt_path("/webhooks/stripe")
-///     .with_exempt_prefix("/api/")
+///     .with_exempt_prefix("/api")
+///     .with_allowed_origin("https://shop.example.com")
 ///     .with_body_limit(8 * 1024 * 1024)
 ///     .with_rejection(|| (StatusCode::FORBIDDEN, "Please reload the page").into_response());
 /// # let _ = csrf;
@@ -120,29 +188,73 @@ impl CsrfLayer {
     }
 
     /// The most bytes of a form body read to find its `_token` field; a
-    /// larger body (by its `Content-Length` or as it streams in) is answered
-    /// with `413 Payload Too Large`. Defaults to 2 MiB, axum's own default
-    /// body limit. Requests whose token travels in a header are not read at
-    /// all, whatever their size.
+    /// body whose field has not arrived within them is answered with
+    /// `413 Payload Too Large`. Reading stops once the field has arrived (a
+    /// urlencoded field anywhere, a multipart field as the first part), so a
+    /// larger body whose token comes first streams on to the handler (see
+    /// the [module docs](crate::csrf#what-is-checked)). Defaults to 2 MiB,
+    /// axum's own default body limit. Requests whose token travels in a
+    /// header are not read at all, whatever their size.
     #[must_use]
     pub fn with_body_limit(self, bytes: usize) -> Self {
         self.config(|c| c.body_limit = bytes)
     }
 
-    /// Exempts one path (compared exactly with the request's path, for
-    /// example a webhook that a third party posts to). Defaults to none.
+    /// Exempts one path (for example a webhook that a third party posts
+    /// to): the request's path, percent-decoded, must equal it (a trailing
+    /// `/` aside). Under nested routers the path is the full one the outer
+    /// router received (axum's `OriginalUri`). Defaults to none.
     #[must_use]
     pub fn with_exempt_path(self, path: impl Into<String>) -> Self {
         let path = path.into();
         self.config(|c| c.exempt_paths.push(path))
     }
 
-    /// Exempts every path that starts with `prefix` (for example `/api/`,
-    /// when its clients authenticate otherwise). Defaults to none.
+    /// Exempts every path under `prefix` (for example `/api`, when its
+    /// clients authenticate otherwise), matched on whole path segments of
+    /// the percent-decoded path: `/api` exempts `/api` and `/api/v1/x` but
+    /// not `/api-keys/delete`. Under nested routers the path is the full one
+    /// the outer router received (axum's `OriginalUri`). Defaults to none.
     #[must_use]
     pub fn with_exempt_prefix(self, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         self.config(|c| c.exempt_prefixes.push(prefix))
+    }
+
+    /// The origin check, done before the token is looked at: a request with
+    /// an unsafe method whose `Sec-Fetch-Site` header is `cross-site` is
+    /// rejected, and one that carries an `Origin` header must come from an
+    /// allowed origin (see [`with_allowed_origin`](Self::with_allowed_origin)).
+    /// A request with neither header (older browsers, non-browser clients)
+    /// goes on to the token check. Defaults to `true`.
+    #[must_use]
+    pub fn with_origin_check(self, yes: bool) -> Self {
+        self.config(|c| c.origin_check = yes)
+    }
+
+    /// Allows requests from `origin` (`scheme://host[:port]`, for example
+    /// `https://app.example.com`), even cross-site ones, through the
+    /// [origin check](Self::with_origin_check); they still need the token.
+    /// Defaults to none, which means the request's own origin: its `Host`
+    /// (behind [trusted proxies](crate::SessionLayer::with_trusted_proxies),
+    /// the host and scheme the client asked the outermost one for) with the
+    /// request's scheme, or either of `http` and `https` when the request
+    /// does not say which (HTTP/1.1 straight to the application). Once one
+    /// origin is listed, only the listed origins are allowed: list the
+    /// application's own too.
+    ///
+    /// # Panics
+    ///
+    /// When `origin` is not `scheme://host[:port]`; the message names it.
+    #[must_use]
+    pub fn with_allowed_origin(self, origin: &str) -> Self {
+        let Some(parsed) = Origin::parse(origin) else {
+            panic!(
+                "CsrfLayer::with_allowed_origin({origin:?}): not an origin: expected \
+                 scheme://host[:port], e.g. https://app.example.com"
+            );
+        };
+        self.config(|c| c.allowed_origins.push(parsed))
     }
 
     /// The response for a missing or wrong token. Defaults to

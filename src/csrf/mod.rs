@@ -11,19 +11,38 @@
 //!
 //! - `GET`, `HEAD`, `OPTIONS` and `TRACE` pass untouched, without loading
 //!   the session. Keep them free of side effects.
-//! - `POST`, `PUT`, `PATCH`, `DELETE` (and any other method) must carry the
-//!   session's token, compared in constant time, in one of:
+//! - `POST`, `PUT`, `PATCH`, `DELETE` (and any other method) first pass the
+//!   origin check ([`with_origin_check`](CsrfLayer::with_origin_check), on
+//!   by default): a request whose `Sec-Fetch-Site` header is `cross-site` is
+//!   rejected, and a request with an `Origin` header must come from an
+//!   allowed origin, by default the request's own (scheme, host and port,
+//!   from `Host`, or from the forwarded host and scheme behind
+//!   [trusted proxies](crate::SessionLayer::with_trusted_proxies)); see
+//!   [`with_allowed_origin`](CsrfLayer::with_allowed_origin). A request with
+//!   neither header goes on to the token check: the origin check adds to the
+//!   token, it never replaces it.
+//! - They must then carry the session's token, compared in constant time, in
+//!   one of:
 //!   - the `X-CSRF-TOKEN` header (for scripts; `X-XSRF-TOKEN` is accepted
 //!     too, for clients that copy an `XSRF-TOKEN` cookie the application sets
 //!     to the token);
 //!   - the `_token` field of an `application/x-www-form-urlencoded` or
 //!     `multipart/form-data` body (a hidden input in an HTML form).
 //!
-//!   To find the field, the body is read into memory, up to
-//!   [`with_body_limit`](CsrfLayer::with_body_limit) (2 MiB by default; a
-//!   larger one is answered `413`), and handed on intact to the handler, so
-//!   `Form`, `Multipart` or `Bytes` extractors see the same bytes. A request
-//!   whose header token matches is not read at all.
+//!   To find the field, the body is read until the field has arrived whole,
+//!   and the handler gets every byte as it was sent (the bytes read, then
+//!   the rest of the stream), so `Form`, `Multipart` or `Bytes` extractors
+//!   see the same body. How far that is depends on where the field is:
+//!   - **urlencoded, anywhere**, and **multipart, as the first part**: the
+//!     reading stops right after the field, and only the bytes before that
+//!     point count against [`with_body_limit`](CsrfLayer::with_body_limit)
+//!     (2 MiB by default). A large upload streams on to the handler
+//!     unbuffered: put the hidden `_token` input **first** in the form
+//!     (browsers send fields in document order).
+//!   - **multipart, after another part**: the body is buffered whole, up to
+//!     the limit, and a larger one is answered `413`.
+//!
+//!   A request whose header token matches is not read at all.
 //! - A missing or wrong token is answered `419` with the text
 //!   `CSRF token mismatch` (Laravel's "page expired" status), or with the
 //!   response of [`with_rejection`](CsrfLayer::with_rejection). A request
@@ -33,10 +52,14 @@
 //!   ([`SessionLayer::with_id_header`](crate::SessionLayer::with_id_header),
 //!   for API clients) is not checked: a browser cannot attach a custom header
 //!   to a cross-site request, so such a session cannot be ridden by a forged
-//!   one. The same browser's cookie-carried session is still checked.
+//!   one. It skips the origin check too (an API client on another origin is
+//!   what the header is for). The same browser's cookie-carried session is
+//!   still checked.
 //! - Paths given to [`with_exempt_path`](CsrfLayer::with_exempt_path) and
 //!   [`with_exempt_prefix`](CsrfLayer::with_exempt_prefix) (webhooks, APIs
-//!   that authenticate otherwise) are not checked.
+//!   that authenticate otherwise) are not checked. They match whole segments
+//!   of the percent-decoded path (`/api` covers `/api/x`, not `/api-keys`),
+//!   the full path under nested routers.
 //!
 //! # Where it goes
 //!
@@ -114,6 +137,7 @@
 mod form;
 mod future;
 mod layer;
+mod origin;
 mod service;
 
 pub use future::ResponseFuture;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::OriginalUri;
 use axum_core::BoxError;
 use axum_core::extract::FromRequestParts as _;
 use axum_core::response::{IntoResponse as _, Response};
@@ -16,9 +17,10 @@ use keepsake_core::{Session, SessionRejection};
 use subtle::ConstantTimeEq as _;
 use tower_service::Service;
 
-use super::form::{self, FormKind};
+use super::form::{self, FirstPart, FormKind};
 use super::future::ResponseFuture;
 use super::layer::Config;
+use super::origin;
 use crate::middleware::SessionSource;
 
 /// The header that carries the token for scripts (Laravel's name).
@@ -99,7 +101,12 @@ fn needs_check(config: &Config, request: &Request<Body>) -> bool {
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
-    if safe || config.is_exempt(request.uri().path()) {
+    // The path the outermost router received, under nested routers.
+    let path = match request.extensions().get::<OriginalUri>() {
+        Some(OriginalUri(uri)) => uri.path(),
+        None => request.uri().path(),
+    };
+    if safe || config.is_exempt(path) {
         return false;
     }
     // A browser cannot attach a custom header to a cross-site request, so a
@@ -107,10 +114,15 @@ fn needs_check(config: &Config, request: &Request<Body>) -> bool {
     request.extensions().get::<SessionSource>() != Some(&SessionSource::Header)
 }
 
-/// Passes the request on (rebuilt with its buffered body, if it was read) or
-/// answers it.
+/// Passes the request on (with its body as it was sent, partly read or
+/// not) or answers it.
 async fn verify(config: &Config, request: Request<Body>) -> Result<Request<Body>, Response> {
     let (mut parts, body) = request.into_parts();
+    if config.origin_check
+        && let Err(refusal) = origin::check(&parts, &config.allowed_origins)
+    {
+        return Err(reject(config, &parts, refusal.reason()));
+    }
     let session = match Session::from_request_parts(&mut parts, &()).await {
         Ok(session) => session,
         Err(SessionRejection::MissingLayer) => return Err(missing_layer()),
@@ -140,11 +152,10 @@ async fn verify(config: &Config, request: Request<Body>) -> Result<Request<Body>
     let Some(kind) = form::form_kind(&content_type) else {
         return Err(reject(config, &parts, "no token header and no form body"));
     };
-    let bytes = read_body(config, &parts, body).await?;
-    let found = form::field(kind, &content_type, &bytes, FIELD);
+    let (found, body) = read_form(config, &parts, body, kind, &content_type).await?;
     let valid = found.as_deref().is_some_and(matches);
     if valid {
-        Ok(Request::from_parts(parts, Body::from(bytes)))
+        Ok(Request::from_parts(parts, body))
     } else {
         let reason = match (found, kind) {
             (None, FormKind::UrlEncoded) => "no token header and no `_token` field in the form",
@@ -174,14 +185,27 @@ fn missing_layer() -> Response {
     (StatusCode::INTERNAL_SERVER_ERROR, message).into_response()
 }
 
-/// Buffers the body up to the configured limit.
-async fn read_body(config: &Config, parts: &Parts, mut body: Body) -> Result<Bytes, Response> {
+/// Reads the form body until its `_token` field is known, and returns the
+/// field (if any) with the body to hand on, byte for byte as it was sent.
+///
+/// A urlencoded `_token` field, and a multipart one in the first part, is
+/// known as soon as it has arrived whole: reading stops there, and the
+/// handler gets the bytes read so far chained with the rest of the stream,
+/// unread. Only the bytes before that point count against the body limit.
+/// Otherwise the whole body is buffered, up to the limit (`413` beyond it).
+async fn read_form(
+    config: &Config,
+    parts: &Parts,
+    mut body: Body,
+    kind: FormKind,
+    content_type: &[u8],
+) -> Result<(Option<Vec<u8>>, Body), Response> {
     let limit = config.body_limit;
     let too_large = || {
         tracing::debug!(
             path = parts.uri.path(),
             limit,
-            "form body over the CSRF layer's limit"
+            "form body over the CSRF layer's limit before its token"
         );
         (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response()
     };
@@ -190,13 +214,16 @@ async fn read_body(config: &Config, parts: &Parts, mut body: Body) -> Result<Byt
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if claimed.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
     let capacity = claimed.map_or(0, |len| {
-        usize::try_from(len).map_or(MAX_PREALLOCATION, |len| len.min(MAX_PREALLOCATION))
+        usize::try_from(len).map_or(MAX_PREALLOCATION, |len| {
+            len.min(MAX_PREALLOCATION).min(limit.saturating_add(1))
+        })
     });
     let mut buffer = Vec::with_capacity(capacity);
+    // Urlencoded: where the pairs not yet checked start. Multipart: whether
+    // the first part may still turn out to be the token.
+    let mut scanned = 0;
+    let mut first_part_pending = kind == FormKind::Multipart;
     while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -206,12 +233,82 @@ async fn read_body(config: &Config, parts: &Parts, mut body: Body) -> Result<Byt
             }
         };
         // Trailers are not kept: forms do not send them.
-        if let Ok(data) = frame.into_data() {
-            if buffer.len().saturating_add(data.len()) > limit {
-                return Err(too_large());
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        // At most one byte over the limit is buffered; the rest of the
+        // frame waits, unread, in case the token comes first.
+        let room = limit.saturating_add(1).saturating_sub(buffer.len());
+        let held = data.split_off(data.len().min(room));
+        buffer.extend_from_slice(&data);
+        let found = match kind {
+            FormKind::UrlEncoded => form::urlencoded_prefix_field(&buffer, &mut scanned, FIELD),
+            FormKind::Multipart if first_part_pending => {
+                match form::multipart_first_part(content_type, &buffer, FIELD) {
+                    FirstPart::Field(value) => Some(value),
+                    FirstPart::Other => {
+                        first_part_pending = false;
+                        None
+                    }
+                    FirstPart::Incomplete => None,
+                }
             }
-            buffer.extend_from_slice(&data);
+            FormKind::Multipart => None,
+        };
+        if let Some(value) = found {
+            let prefix = [Bytes::from(buffer), held];
+            return Ok((Some(value), Body::new(Chained::new(prefix, body))));
+        }
+        if buffer.len() > limit {
+            return Err(too_large());
         }
     }
-    Ok(Bytes::from(buffer))
+    let found = form::field(kind, content_type, &buffer, FIELD);
+    Ok((found, Body::from(buffer)))
+}
+
+/// The bytes already read, then the rest of the body as it streams in.
+struct Chained {
+    /// Read already, in order; empty ones are skipped.
+    read: std::collections::VecDeque<Bytes>,
+    rest: Body,
+}
+
+impl Chained {
+    fn new(read: impl IntoIterator<Item = Bytes>, rest: Body) -> Self {
+        Self {
+            read: read.into_iter().filter(|b| !b.is_empty()).collect(),
+            rest,
+        }
+    }
+}
+
+impl HttpBody for Chained {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(bytes) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(bytes))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let read: u64 = self.read.iter().map(|b| b.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(read));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(read));
+        }
+        hint
+    }
 }

@@ -9,7 +9,9 @@ use http::HeaderName;
 use keepsake_core::{CommitLocks, SessionFailure, SessionStore};
 use tower_layer::Layer;
 
+use super::proxy::TrustedProxies;
 use super::service::SessionService;
+use crate::cookie as session_cookie;
 
 /// The `SameSite` attribute of the session cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +83,8 @@ impl Binding {
 
     /// Also binds to the client address: its first `ipv4` bits (IPv4) or
     /// `ipv6` bits (IPv6). The address comes from axum's `ConnectInfo`, or
-    /// from `X-Forwarded-For` behind a trusted proxy.
+    /// from the forwarding header of
+    /// [trusted proxies](SessionLayer::with_trusted_proxies).
     #[must_use]
     pub fn with_ip_prefix(mut self, ipv4: u8, ipv6: u8) -> Self {
         self.ipv4_prefix = Some(ipv4.min(32));
@@ -108,16 +111,18 @@ pub(crate) struct Config {
     pub(crate) cookie_domain: Option<String>,
     pub(crate) secure: bool,
     pub(crate) http_only: bool,
+    pub(crate) partitioned: bool,
     pub(crate) same_site: SameSite,
     pub(crate) idle_lifetime: Duration,
     pub(crate) absolute_lifetime: Option<Duration>,
     pub(crate) expire_on_close: bool,
     pub(crate) touch_after: Duration,
     pub(crate) lottery: (u32, u32),
+    pub(crate) gc_min_interval: Duration,
     pub(crate) save_on_server_error: bool,
     pub(crate) track_previous_url: bool,
     pub(crate) record_client: bool,
-    pub(crate) trust_proxy: bool,
+    pub(crate) trusted_proxies: Option<TrustedProxies>,
     pub(crate) max_save_attempts: u32,
     pub(crate) error_handler: Option<ErrorHandler>,
     pub(crate) use_cookie: bool,
@@ -138,6 +143,8 @@ impl Default for Config {
             // travels over plain HTTP and is out of reach of page scripts.
             secure: true,
             http_only: true,
+            // CHIPS is for embedded third-party contexts only.
+            partitioned: false,
             // Lax blocks the cookie on cross-site POSTs (CSRF) yet keeps users
             // signed in when they follow a link to the site.
             same_site: SameSite::Lax,
@@ -150,10 +157,15 @@ impl Default for Config {
             touch_after: Duration::from_secs(60),
             // Laravel's lottery: 2 chances in 100.
             lottery: (2, 100),
+            // At most one lottery collection a minute per layer, however
+            // many requests win: the odds alone scale with the request rate.
+            gc_min_interval: Duration::from_secs(60),
             save_on_server_error: false,
             track_previous_url: false,
             record_client: false,
-            trust_proxy: false,
+            // The forwarding headers are the client's to forge unless a
+            // proxy in front is known to write them.
+            trusted_proxies: None,
             max_save_attempts: 16,
             error_handler: None,
             use_cookie: true,
@@ -177,16 +189,18 @@ impl fmt::Debug for Config {
             .field("cookie_domain", &self.cookie_domain)
             .field("secure", &self.secure)
             .field("http_only", &self.http_only)
+            .field("partitioned", &self.partitioned)
             .field("same_site", &self.same_site)
             .field("idle_lifetime", &self.idle_lifetime)
             .field("absolute_lifetime", &self.absolute_lifetime)
             .field("expire_on_close", &self.expire_on_close)
             .field("touch_after", &self.touch_after)
             .field("lottery", &self.lottery)
+            .field("gc_min_interval", &self.gc_min_interval)
             .field("save_on_server_error", &self.save_on_server_error)
             .field("track_previous_url", &self.track_previous_url)
             .field("record_client", &self.record_client)
-            .field("trust_proxy", &self.trust_proxy)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("max_save_attempts", &self.max_save_attempts)
             .field("error_handler", &self.error_handler.as_ref().map(|_| "…"))
             .field("use_cookie", &self.use_cookie)
@@ -223,8 +237,8 @@ pub struct SessionLayer {
     /// requests of a session then conflict at most once each, and
     /// compare-and-swap conflicts are left to other processes.
     pub(crate) commits: Arc<CommitLocks>,
-    /// Set while a lottery gc runs: at most one at a time per layer.
-    pub(crate) gc_running: Arc<std::sync::atomic::AtomicBool>,
+    /// The lottery's state: a gc in flight, the start of the last one.
+    pub(crate) gc: Arc<crate::gc::Lottery>,
 }
 
 impl fmt::Debug for SessionLayer {
@@ -257,7 +271,7 @@ impl SessionLayer {
             store: Arc::new(keepsake_core::instrument::Instrumented::new(store)),
             config: Arc::new(Config::default()),
             commits: Arc::default(),
-            gc_running: Arc::default(),
+            gc: Arc::default(),
         }
     }
 
@@ -273,38 +287,130 @@ impl SessionLayer {
         self
     }
 
+    /// Applies a cookie setting, then checks that the browser would still
+    /// store the cookie: a configuration it would silently drop panics here,
+    /// at start-up, naming the setting and the value.
+    fn cookie_setting(
+        self,
+        setting: &str,
+        value: &dyn fmt::Debug,
+        f: impl FnOnce(&mut Config),
+    ) -> Self {
+        let layer = self.config(f);
+        let c = &layer.config;
+        if let Err(problem) = session_cookie::check_attributes(
+            &c.cookie_name,
+            c.secure,
+            c.cookie_domain.as_deref(),
+            &c.cookie_path,
+            c.partitioned,
+        ) {
+            panic!(
+                "SessionLayer::{setting}({value:?}): {} (cookie name {:?}, secure {}, \
+                 domain {:?}, path {:?}, partitioned {})",
+                problem.message(),
+                c.cookie_name,
+                c.secure,
+                c.cookie_domain,
+                c.cookie_path,
+                c.partitioned
+            );
+        }
+        layer
+    }
+
     /// The cookie name. Defaults to `keepsake_session`.
+    ///
+    /// A name starting with `__Host-` (recommended over HTTPS) makes
+    /// browsers accept the cookie only when it is `Secure`, has no `Domain`
+    /// and has `Path=/`: no subdomain or plain-HTTP page can then plant or
+    /// overwrite it. `__Secure-` requires `Secure`.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a cookie name (an RFC 6265 token: visible ASCII,
+    /// no spaces or separators such as `;`, `=`, `,`), or when its prefix
+    /// cannot be honoured with the other settings (`__Host-` with
+    /// `with_secure(false)`, a domain or a path other than `/`). The message
+    /// names the setting and the value.
     #[must_use]
     pub fn with_cookie_name(self, name: impl Into<String>) -> Self {
         let name = name.into();
-        self.config(|c| c.cookie_name = name)
+        if let Err(expected) = session_cookie::check_name(&name) {
+            panic!(
+                "SessionLayer::with_cookie_name({name:?}): invalid cookie name: expected {expected}"
+            );
+        }
+        self.cookie_setting("with_cookie_name", &name.clone(), |c| c.cookie_name = name)
     }
 
     /// The cookie `Path`. Defaults to `/`.
+    ///
+    /// # Panics
+    ///
+    /// When `path` does not start with `/` or holds `;`, a space or a
+    /// control character, or when the cookie name starts with `__Host-` and
+    /// `path` is not `/`.
     #[must_use]
     pub fn with_path(self, path: impl Into<String>) -> Self {
         let path = path.into();
-        self.config(|c| c.cookie_path = path)
+        if let Err(expected) = session_cookie::check_path(&path) {
+            panic!("SessionLayer::with_path({path:?}): invalid cookie path: expected {expected}");
+        }
+        self.cookie_setting("with_path", &path.clone(), |c| c.cookie_path = path)
     }
 
     /// The cookie `Domain`. Defaults to none (the host that set it only).
+    ///
+    /// # Panics
+    ///
+    /// When `domain` is not a domain name, or when the cookie name starts
+    /// with `__Host-` (which forbids a domain).
     #[must_use]
     pub fn with_domain(self, domain: impl Into<String>) -> Self {
         let domain = domain.into();
-        self.config(|c| c.cookie_domain = Some(domain))
+        if let Err(expected) = session_cookie::check_domain(&domain) {
+            panic!(
+                "SessionLayer::with_domain({domain:?}): invalid cookie domain: expected {expected}"
+            );
+        }
+        self.cookie_setting("with_domain", &domain.clone(), |c| {
+            c.cookie_domain = Some(domain);
+        })
     }
 
     /// The cookie's `Secure` attribute. Defaults to `true`; turn it off only
     /// for plain-HTTP development.
+    ///
+    /// # Panics
+    ///
+    /// When turned off while the cookie name starts with `__Host-` or
+    /// `__Secure-`, or the cookie is [partitioned](Self::with_partitioned):
+    /// browsers require `Secure` of those.
     #[must_use]
     pub fn with_secure(self, secure: bool) -> Self {
-        self.config(|c| c.secure = secure)
+        self.cookie_setting("with_secure", &secure, |c| c.secure = secure)
     }
 
     /// The cookie's `HttpOnly` attribute. Defaults to `true`.
     #[must_use]
     pub fn with_http_only(self, http_only: bool) -> Self {
         self.config(|c| c.http_only = http_only)
+    }
+
+    /// The cookie's `Partitioned` attribute (CHIPS): for an application
+    /// embedded in other sites' pages, a cookie kept per top-level site
+    /// rather than blocked as a third-party cookie. Defaults to `false`.
+    ///
+    /// # Panics
+    ///
+    /// When turned on while `Secure` is off: browsers drop a partitioned
+    /// cookie that is not `Secure`.
+    #[must_use]
+    pub fn with_partitioned(self, partitioned: bool) -> Self {
+        self.cookie_setting("with_partitioned", &partitioned, |c| {
+            c.partitioned = partitioned;
+        })
     }
 
     /// The cookie's `SameSite` attribute. Defaults to [`SameSite::Lax`].
@@ -353,6 +459,17 @@ impl SessionLayer {
         self.config(|c| c.lottery = (hits.min(out_of), out_of.max(1)))
     }
 
+    /// The shortest time between the starts of two lottery collections of
+    /// this layer: a win sooner than that after the previous collection
+    /// started is dropped, so collections per second stay bounded whatever
+    /// the request rate. Defaults to 60 seconds; [`Duration::ZERO`] turns
+    /// the floor off (every win collects, unless a collection is still
+    /// running).
+    #[must_use]
+    pub fn with_gc_min_interval(self, interval: Duration) -> Self {
+        self.config(|c| c.gc_min_interval = interval)
+    }
+
     /// Save the session even when the handler answered with a 5xx. Defaults
     /// to `false`: a failed request leaves the session as it was.
     #[must_use]
@@ -371,19 +488,39 @@ impl SessionLayer {
 
     /// Store the client's address and `User-Agent` with the record (shown by
     /// a "your devices" page). Defaults to `false`. The address comes from
-    /// axum's `ConnectInfo`, or from `X-Forwarded-For` when
-    /// [`with_trusted_proxy`](Self::with_trusted_proxy) is on.
+    /// axum's `ConnectInfo`, or from the forwarding header of
+    /// [trusted proxies](Self::with_trusted_proxies).
     #[must_use]
     pub fn with_client_info(self, yes: bool) -> Self {
         self.config(|c| c.record_client = yes)
     }
 
-    /// Trust `X-Forwarded-For` (the first address in it) as the client's
-    /// address. Only turn this on behind a proxy that sets the header.
-    /// Defaults to `false`.
+    /// Trust the reverse proxies in front of the application: the client's
+    /// address is read from the header they write, `hops` entries from the
+    /// right (see [`TrustedProxies`]), for [client info](Self::with_client_info)
+    /// and [binding](Self::with_binding); [`CsrfLayer`](crate::CsrfLayer)'s
+    /// origin check takes the host and scheme the client asked for from the
+    /// same proxy. Defaults to none: every forwarding header is ignored and
+    /// the address is the connection's (axum's `ConnectInfo`).
+    ///
+    /// Only configure this behind proxies that write the header on every
+    /// request; otherwise a client chooses its own address.
+    ///
+    /// ```
+    /// use keepsake::middleware::{ProxyHeader, TrustedProxies};
+    /// use keepsake::{MemoryStore, SessionLayer};
+    ///
+    /// // A CDN in front of nginx, both appending to `X-Forwarded-For`.
+    /// let layer = SessionLayer::new(MemoryStore::new())
+    ///     .with_trusted_proxies(TrustedProxies::new().with_hops(2));
+    /// // One proxy writing RFC 7239 `Forwarded`.
+    /// let layer = SessionLayer::new(MemoryStore::new())
+    ///     .with_trusted_proxies(TrustedProxies::new().with_header(ProxyHeader::Forwarded));
+    /// # let _ = layer;
+    /// ```
     #[must_use]
-    pub fn with_trusted_proxy(self, yes: bool) -> Self {
-        self.config(|c| c.trust_proxy = yes)
+    pub fn with_trusted_proxies(self, proxies: TrustedProxies) -> Self {
+        self.config(|c| c.trusted_proxies = Some(proxies))
     }
 
     /// How many times a save is tried when concurrent requests of the same

@@ -7,9 +7,13 @@
 
 mod future;
 mod layer;
+mod proxy;
+mod request;
 mod service;
 
 pub use future::ResponseFuture;
 pub(crate) use layer::Config;
 pub use layer::{Binding, ErrorHandler, SameSite, SessionLayer, SessionSource};
+pub(crate) use proxy::is_host;
+pub use proxy::{ProxyHeader, TrustedProxies};
 pub use service::SessionService;

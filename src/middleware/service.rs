@@ -1,24 +1,21 @@
 //! [`SessionService`]: loads lazily, writes once after the handler.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use async_trait::async_trait;
-use axum::extract::ConnectInfo;
 use axum_core::response::Response;
-use http::header::{CACHE_CONTROL, SET_COOKIE, USER_AGENT, VARY};
-use http::{HeaderValue, Method, Request};
+use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
+use http::{HeaderValue, Request};
 use keepsake_core::{
-    CommitContext, Error, Loader, Outcome, Report, Session, SessionFailure, SessionHandle,
-    SessionId, SessionStore, default_error_response,
+    CommitContext, Outcome, Report, Session, SessionFailure, SessionHandle, SessionStore,
+    default_error_response,
 };
-use rand::Rng as _;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::{Config, SessionLayer, SessionSource};
+use super::request::start;
 use crate::cookie;
 
 /// The service made by [`SessionLayer`].
@@ -47,67 +44,16 @@ impl<S> SessionService<S> {
 /// What the end of the request needs to know about its start.
 pub(crate) struct RequestInfo {
     /// Where the id in use came from.
-    source: SessionSource,
+    pub(super) source: SessionSource,
     /// The request's fingerprint, when sessions are bound.
-    fingerprint: Option<String>,
+    pub(super) fingerprint: Option<String>,
     /// The URL to record as the previous URL, for a trackable GET.
-    previous_url: Option<String>,
-    ip_address: Option<String>,
-    user_agent: Option<String>,
+    pub(super) previous_url: Option<String>,
+    pub(super) ip_address: Option<String>,
+    pub(super) user_agent: Option<String>,
 }
 
-/// Loads the session of one request from what its cookie carried.
-struct RequestLoader {
-    layer: Arc<SessionLayer>,
-    /// Server stores: the first well-formed id sent.
-    id: Option<SessionId>,
-    /// Client-side stores: every value of the session cookie, in order.
-    sealed: Vec<Box<str>>,
-    /// The request's fingerprint, when sessions are bound.
-    fingerprint: Option<String>,
-}
-
-impl RequestLoader {
-    /// A session bound to another fingerprint is invalidated.
-    fn check_binding(&self, session: Session) -> Session {
-        if let (Some(expected), Some(bound)) = (&self.fingerprint, session.binding())
-            && *expected != bound
-        {
-            tracing::warn!(
-                session = %session.storage_key().short(),
-                "session presented by a different client than it is bound to; invalidating it"
-            );
-            session.invalidate();
-        }
-        session
-    }
-}
-
-#[async_trait]
-impl Loader for RequestLoader {
-    async fn load(&self) -> Result<Session, Error> {
-        let store: &dyn SessionStore = &*self.layer.store;
-        if let Some(client) = store.client_side() {
-            let opened = self.sealed.iter().find_map(|value| client.open(value));
-            return Ok(opened.map_or_else(Session::new_detached, |(id, record)| {
-                self.check_binding(Session::from_loaded(id, record))
-            }));
-        }
-        if let Some(id) = &self.id {
-            if let Some(record) = store.load(&id.storage_key()).await? {
-                return Ok(self.check_binding(Session::from_loaded(id.clone(), record)));
-            }
-            tracing::debug!(session = %id, "unknown or expired session id; starting a new session");
-        }
-        Ok(Session::new_detached())
-    }
-
-    fn error_response(&self, error: &SessionFailure) -> Response {
-        error_response(&self.layer.config, error)
-    }
-}
-
-fn error_response(config: &Config, error: &SessionFailure) -> Response {
+pub(super) fn error_response(config: &Config, error: &SessionFailure) -> Response {
     let mut response = match &config.error_handler {
         Some(handler) => handler(error),
         None => default_error_response(error),
@@ -136,162 +82,17 @@ where
         let handle = SessionHandle::new(loader);
         request.extensions_mut().insert(handle.clone());
         request.extensions_mut().insert(info.source);
+        if let Some(trust) = layer.config.trusted_proxies {
+            // For inner middleware that needs the client's view of the
+            // request (the CSRF origin check).
+            request.extensions_mut().insert(trust);
+        }
 
         // The inner service is called here, on the service `poll_ready` was
         // called on; its future then runs with the handle as the current one.
         let inner = handle.sync_scope(|| self.inner.call(request));
         ResponseFuture::new(handle.scope(inner), layer, info)
     }
-}
-
-/// Reads what the request carries; touches no store.
-fn start<B>(layer: &Arc<SessionLayer>, request: &Request<B>) -> (RequestLoader, RequestInfo) {
-    let config = &layer.config;
-    let headers = request.headers();
-    let client_side = layer.store.client_side().is_some();
-
-    // Server stores need the first well-formed id in precedence order; a
-    // client-side store tries every value it was sent. No list is built for
-    // the former: the common request pays for one parse.
-    let mut id = None;
-    let mut sealed = Vec::new();
-    let mut source = SessionSource::None;
-    let mut had_id = false;
-    let mut consider = |origin: SessionSource, value: &[u8]| {
-        had_id = true;
-        if client_side {
-            if source == SessionSource::None {
-                source = origin;
-            }
-            sealed.push(Box::<str>::from(cookie::text(value)));
-        } else if id.is_none()
-            && let Some(parsed) = SessionId::parse_bytes(value)
-        {
-            id = Some(parsed);
-            source = origin;
-        }
-    };
-    let order = match config.precedence {
-        SessionSource::Cookie => [SessionSource::Cookie, SessionSource::Header],
-        _ => [SessionSource::Header, SessionSource::Cookie],
-    };
-    for origin in order {
-        match origin {
-            SessionSource::Cookie if config.use_cookie => {
-                for value in cookie::values(headers, &config.cookie_name) {
-                    consider(origin, value);
-                }
-            }
-            SessionSource::Header => {
-                if let Some(name) = &config.id_header {
-                    let values = headers
-                        .get_all(name)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty());
-                    for value in values {
-                        consider(origin, value.as_bytes());
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if had_id && !client_side && id.is_none() {
-        tracing::warn!(
-            cookie = %config.cookie_name,
-            "malformed session id ignored; a new session will be started"
-        );
-    }
-
-    let previous_url = (config.track_previous_url
-        && request.method() == Method::GET
-        && headers
-            .get("x-requested-with")
-            .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest")))
-    .then(|| request.uri().to_string());
-
-    let (ip_address, user_agent) = if config.record_client || config.binding.is_enabled() {
-        let forwarded = config
-            .trust_proxy
-            .then(|| headers.get("x-forwarded-for")?.to_str().ok())
-            .flatten()
-            .and_then(|v| v.split(',').next())
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty() && v.len() <= 45);
-        let ip = forwarded.or_else(|| {
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string())
-        });
-        let agent = headers
-            .get(USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.chars().take(512).collect());
-        (ip, agent)
-    } else {
-        (None, None)
-    };
-
-    let fingerprint = config
-        .binding
-        .is_enabled()
-        .then(|| fingerprint(config.binding, ip_address.as_deref(), user_agent.as_deref()));
-    let (ip_address, user_agent) = if config.record_client {
-        (ip_address, user_agent)
-    } else {
-        (None, None)
-    };
-    let loader = RequestLoader {
-        layer: Arc::clone(layer),
-        id,
-        sealed,
-        fingerprint: fingerprint.clone(),
-    };
-    let info = RequestInfo {
-        source,
-        fingerprint,
-        previous_url,
-        ip_address,
-        user_agent,
-    };
-    (loader, info)
-}
-
-/// The hex SHA-256 of what the session is bound to.
-fn fingerprint(binding: super::Binding, ip: Option<&str>, agent: Option<&str>) -> String {
-    use sha2::{Digest as _, Sha256};
-    let mut hasher = Sha256::new();
-    if binding.user_agent {
-        hasher.update(b"ua:");
-        hasher.update(agent.unwrap_or_default().as_bytes());
-    }
-    if binding.ipv4_prefix.is_some() || binding.ipv6_prefix.is_some() {
-        hasher.update(b"|ip:");
-        let masked = ip
-            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-            .map(|ip| match ip {
-                std::net::IpAddr::V4(v4) => {
-                    let bits = u32::from(binding.ipv4_prefix.unwrap_or(32).min(32));
-                    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-                    std::net::IpAddr::V4((u32::from(v4) & mask).into())
-                }
-                std::net::IpAddr::V6(v6) => {
-                    let bits = u32::from(binding.ipv6_prefix.unwrap_or(128).min(128));
-                    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                    std::net::IpAddr::V6((u128::from(v6) & mask).into())
-                }
-            });
-        hasher.update(
-            masked
-                .map(|ip| ip.to_string())
-                .unwrap_or_default()
-                .as_bytes(),
-        );
-    }
-    hex::encode(&hasher.finalize()[..16])
 }
 
 /// After the handler: the session's one write, the cookie, the lottery.
@@ -380,7 +181,7 @@ pub(crate) async fn finish(
         }
     }
 
-    lottery(layer, now);
+    crate::gc::lottery(layer, now);
     response
 }
 
@@ -464,42 +265,4 @@ fn append_cookie(response: &mut Response, value: &str) {
         }
         Err(_) => tracing::error!("session cookie is not a valid header value; not sent"),
     }
-}
-
-/// With probability `hits / out_of`, collects expired sessions on a spawned
-/// task: never on the request's own latency path, and never more than one at
-/// a time per layer.
-fn lottery(layer: &SessionLayer, now: i64) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// Clears the in-flight flag when the gc task ends, however it ends.
-    struct Running(Arc<AtomicBool>);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::Release);
-        }
-    }
-
-    let (hits, out_of) = layer.config.lottery;
-    if hits == 0 || !rand::rng().random_ratio(hits, out_of) {
-        return;
-    }
-    // A win while a gc is still running is dropped: gc tasks piling up under
-    // load would hold the store's connections that requests need.
-    if layer.gc_running.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let running = Running(Arc::clone(&layer.gc_running));
-    let store = Arc::clone(&layer.store);
-    tokio::spawn(async move {
-        let _running = running;
-        match store.gc(now).await {
-            Ok(deleted) => tracing::debug!(store = store.kind(), deleted, "session gc"),
-            Err(error) => tracing::error!(
-                store = store.kind(),
-                error = %Report(&error),
-                "session gc failed; the next lottery win tries again"
-            ),
-        }
-    });
 }

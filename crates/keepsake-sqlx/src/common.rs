@@ -216,6 +216,22 @@ pub(crate) fn render_migration(
     out
 }
 
+/// Indexes that earlier versions of the migrations created and the current
+/// schema no longer has, by suffix (`sessions_{suffix}`): `migrate()` drops
+/// them from existing tables after the migration files have run.
+///
+/// `last_activity_idx`: no statement filters or sorts the whole table on
+/// `last_activity` (the per-user list sorts one user's rows, the CLI's
+/// statistics scan), yet every save and touch maintained it.
+/// `user_id_idx`: replaced by a partial index of the rows that have a user
+/// where the backend has partial indexes (PostgreSQL, SQLite).
+pub(crate) fn retired_indexes(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::Sqlite | Dialect::Postgres => &["last_activity_idx", "user_id_idx"],
+        Dialect::MySql => &["last_activity_idx"],
+    }
+}
+
 /// The SQL of every operation, with the table name in place: built once
 /// when the store is configured, so every call reuses the same text and
 /// sqlx's per-connection prepared-statement cache.

@@ -7,8 +7,8 @@ use sqlx::MySqlPool;
 use sqlx::migrate::Migrator;
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, pool_options,
-    render_migration,
+    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, index_name,
+    pool_options, render_migration, retired_indexes,
 };
 
 const KIND: &str = "mysql";
@@ -104,6 +104,33 @@ impl MySqlStore {
             sqlx::Executor::execute(&self.pool, sql.as_str())
                 .await
                 .map_err(|e| self.fail("migrate", e))?;
+        }
+        // MySQL has no DROP INDEX IF EXISTS: look first.
+        for suffix in retired_indexes(Dialect::MySql) {
+            let index = index_name(&self.table, suffix);
+            let present: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.statistics \
+                 WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?",
+            )
+            .bind(&self.table)
+            .bind(&index)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.fail("migrate", e))?;
+            if present > 0 {
+                let sql = format!(
+                    "ALTER TABLE {table_ref} DROP INDEX {}",
+                    Dialect::MySql.quote(&index)
+                );
+                match sqlx::Executor::execute(&self.pool, sql.as_str()).await {
+                    Ok(_) => {}
+                    // 1091: another instance dropped it meanwhile.
+                    Err(sqlx::Error::Database(e))
+                        if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                            .is_some_and(|e| e.number() == 1091) => {}
+                    Err(e) => return Err(self.fail("migrate", e)),
+                }
+            }
         }
         Ok(())
     }

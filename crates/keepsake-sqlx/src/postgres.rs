@@ -7,8 +7,8 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, pool_options,
-    render_migration, validate_name,
+    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, index_name,
+    pool_options, render_migration, retired_indexes, validate_name,
 };
 
 const KIND: &str = "postgres";
@@ -146,6 +146,13 @@ impl PostgresStore {
                 .await
                 .map_err(fail)?;
         }
+        for suffix in retired_indexes(Dialect::Postgres) {
+            // An index lives in its table's schema.
+            let index = table_ref_of(self.schema.as_deref(), &index_name(&self.table, suffix));
+            sqlx::Executor::execute(&mut *tx, format!("DROP INDEX IF EXISTS {index}").as_str())
+                .await
+                .map_err(fail)?;
+        }
         tx.commit().await.map_err(fail)
     }
 
@@ -156,6 +163,11 @@ impl PostgresStore {
 
 /// The quoted, schema-qualified table name.
 fn table_ref(schema: Option<&str>, table: &str) -> String {
+    table_ref_of(schema, table)
+}
+
+/// The quoted, schema-qualified name of a relation (table or index).
+fn table_ref_of(schema: Option<&str>, table: &str) -> String {
     let table = Dialect::Postgres.quote(table);
     match schema {
         Some(schema) => format!("{}.{table}", Dialect::Postgres.quote(schema)),

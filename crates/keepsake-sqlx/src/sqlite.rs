@@ -10,7 +10,8 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, render_migration,
+    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store, index_name,
+    render_migration, retired_indexes,
 };
 
 const KIND: &str = "sqlite";
@@ -114,6 +115,12 @@ impl SqliteStore {
         for migration in MIGRATIONS.iter() {
             let sql = render_migration(&migration.sql, Dialect::Sqlite, &self.table, &table_ref);
             sqlx::Executor::execute(&mut *tx, sql.as_str())
+                .await
+                .map_err(fail)?;
+        }
+        for suffix in retired_indexes(Dialect::Sqlite) {
+            let index = Dialect::Sqlite.quote(&index_name(&self.table, suffix));
+            sqlx::Executor::execute(&mut *tx, format!("DROP INDEX IF EXISTS {index}").as_str())
                 .await
                 .map_err(fail)?;
         }

@@ -99,7 +99,6 @@ async fn migrate_is_idempotent_and_creates_the_indexes() {
         [
             "PRIMARY".to_owned(),
             format!("{t}_expires_at_idx"),
-            format!("{t}_last_activity_idx"),
             format!("{t}_user_id_idx"),
         ]
     );
@@ -283,5 +282,41 @@ async fn large_payloads_fit() {
     let r = test_kit::record(&payload);
     assert_eq!(store.create(&r).await.unwrap(), Cas::Applied);
     assert_eq!(store.load(&r.key).await.unwrap().unwrap().payload, payload);
+    cleanup.run().await;
+}
+
+#[tokio::test]
+async fn migrate_upgrades_a_table_of_the_old_schema_and_keeps_its_sessions() {
+    let Some(url) = server_url(URL_VAR) else {
+        return;
+    };
+    let pool = pool(&url).await;
+    let cleanup = Cleanup::new(&pool);
+    let table = common::unique_name("ks_test");
+    cleanup.table(&table);
+    for sql in common::schema_before_leaner_indexes("mysql", &table) {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    let store = MySqlStore::new(pool.clone())
+        .with_table_name(&table)
+        .unwrap();
+    common::sessions_survive_the_upgrade(&store, async || store.migrate().await).await;
+    let mut indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics \
+         WHERE table_schema = DATABASE() AND table_name = ? ORDER BY 1",
+    )
+    .bind(&table)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        [
+            "PRIMARY".to_owned(),
+            format!("{table}_expires_at_idx"),
+            format!("{table}_user_id_idx"),
+        ]
+    );
     cleanup.run().await;
 }

@@ -160,9 +160,8 @@ async fn migrate_is_idempotent_and_creates_the_indexes() {
         indexes,
         [
             format!("{t}_expires_at_idx"),
-            format!("{t}_last_activity_idx"),
             format!("{t}_pkey"),
-            format!("{t}_user_id_idx"),
+            format!("{t}_user_id_partial_idx"),
         ]
     );
 
@@ -388,5 +387,39 @@ async fn pool_recovers_from_a_terminated_connection() {
     let store = PostgresStore::new(pool).with_table_name(&table).unwrap();
     survives_termination(&admin, store, &app).await;
 
+    cleanup.run().await;
+}
+
+#[tokio::test]
+async fn migrate_upgrades_a_table_of_the_old_schema_and_keeps_its_sessions() {
+    let Some(url) = server_url(URL_VAR) else {
+        return;
+    };
+    let pool = pool(&url).await;
+    let cleanup = Cleanup::new(&pool);
+    let table = common::unique_name("ks_test");
+    cleanup.table(None, &table);
+    for sql in common::schema_before_leaner_indexes("postgres", &table) {
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+    }
+    let store = PostgresStore::new(pool.clone())
+        .with_table_name(&table)
+        .unwrap();
+    common::sessions_survive_the_upgrade(&store, async || store.migrate().await).await;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = $1 ORDER BY indexname",
+    )
+    .bind(&table)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            format!("{table}_expires_at_idx"),
+            format!("{table}_pkey"),
+            format!("{table}_user_id_partial_idx"),
+        ]
+    );
     cleanup.run().await;
 }
