@@ -4,6 +4,8 @@
 -- CREATE INDEX IF NOT EXISTS. user_id is a VARCHAR so that it can be indexed
 -- whole; the binary collation makes every comparison exact, as on the other
 -- backends. The payload is LONGTEXT: a session is not limited to 64 KiB.
+-- Tables made by earlier versions also have an index on last_activity,
+-- which `migrate()` drops (no query needs it; every save maintained it).
 CREATE TABLE IF NOT EXISTS sessions (
     id VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     user_id VARCHAR(255) NULL,
@@ -15,6 +17,5 @@ CREATE TABLE IF NOT EXISTS sessions (
     version BIGINT NOT NULL,
     PRIMARY KEY (id),
     INDEX sessions_expires_at_idx (expires_at),
-    INDEX sessions_last_activity_idx (last_activity),
     INDEX sessions_user_id_idx (user_id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

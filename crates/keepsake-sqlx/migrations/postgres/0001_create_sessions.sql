@@ -11,5 +11,3 @@ CREATE TABLE IF NOT EXISTS sessions (
     version bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_expires_at_idx ON sessions (expires_at);
-CREATE INDEX IF NOT EXISTS sessions_last_activity_idx ON sessions (last_activity);
-CREATE INDEX IF NOT EXISTS sessions_user_id_idx ON sessions (user_id);
