@@ -971,44 +971,41 @@ async fn files() {
     explore("file", Arc::new(store), cases(24), 4).await;
 }
 
+/// Explores an SQL store in a table of its own, dropped afterwards.
+macro_rules! explore_sql {
+    ($name:literal, $store:ty, $var:literal) => {{
+        let Some(url) = keepsake_core::test_kit::server_url($var) else {
+            return;
+        };
+        let table = format!("explore_{}", suffix());
+        let store = <$store>::connect(&url)
+            .await
+            .unwrap()
+            .with_table_name(&table)
+            .unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        explore($name, Arc::new(store), cases(24), 4).await;
+        let _ = keepsake_sqlx::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+            .execute(&pool)
+            .await;
+    }};
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres() {
-    let Some(url) = keepsake_core::test_kit::server_url("KEEPSAKE_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let table = format!("explore_{}", suffix());
-    let store = keepsake::PostgresStore::connect(&url)
-        .await
-        .unwrap()
-        .with_table_name(&table)
-        .unwrap();
-    store.migrate().await.unwrap();
-    let pool = store.pool().clone();
-    explore("postgres", Arc::new(store), cases(24), 4).await;
-    let _ = keepsake_sqlx::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(&pool)
-        .await;
+    explore_sql!(
+        "postgres",
+        keepsake::PostgresStore,
+        "KEEPSAKE_TEST_POSTGRES_URL"
+    );
 }
 
 #[cfg(feature = "mysql")]
 #[tokio::test]
 async fn mariadb() {
-    let Some(url) = keepsake_core::test_kit::server_url("KEEPSAKE_TEST_MYSQL_URL") else {
-        return;
-    };
-    let table = format!("explore_{}", suffix());
-    let store = keepsake::MySqlStore::connect(&url)
-        .await
-        .unwrap()
-        .with_table_name(&table)
-        .unwrap();
-    store.migrate().await.unwrap();
-    let pool = store.pool().clone();
-    explore("mariadb", Arc::new(store), cases(24), 4).await;
-    let _ = keepsake_sqlx::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(&pool)
-        .await;
+    explore_sql!("mariadb", keepsake::MySqlStore, "KEEPSAKE_TEST_MYSQL_URL");
 }
 
 #[cfg(feature = "redis")]
