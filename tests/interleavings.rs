@@ -5,7 +5,7 @@
 //! session operations, and commits through `keepsake_core::commit::commit`,
 //! with no HTTP in between. Every store call (load, create, save, touch,
 //! destroy) and every take of the in-process commit lock first stops at a
-//! gate, and the explorer decides which stopped request goes on next, so it
+//! gate (retire too), and the explorer decides which stopped request goes on next, so it
 //! controls the order of every step (a request waiting for a lock that
 //! another one holds is never chosen: nothing waits on a paused request).
 //! Requests belong to one or two simulated app instances, each with its own
@@ -408,6 +408,10 @@ impl SessionStore for Gated {
     async fn destroy(&self, key: &StorageKey) -> keepsake::Result<()> {
         self.sched.pause(self.request, "destroy").await;
         self.inner.destroy(key).await
+    }
+    async fn retire(&self, key: &StorageKey, version: i64) -> keepsake::Result<Cas> {
+        self.sched.pause(self.request, "retire").await;
+        self.inner.retire(key, version).await
     }
     async fn gc(&self, now: i64) -> keepsake::Result<u64> {
         self.inner.gc(now).await
