@@ -137,8 +137,12 @@
 //! | `redis` | `RedisStore` (Redis and Redis Cluster) | no |
 //! | `memcached` | `MemcachedStore` | no |
 //! | `testing` | the `testing` module: a test client and session assertions | no |
+//! | `metrics` | counts and times every store operation and the layer's save retries through the `metrics` facade | no |
+//!
+//! On docs.rs every feature is enabled, and each item gated by one says
+//! which.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 mod cookie;
@@ -189,3 +193,9 @@ pub mod store {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The migration guide's examples (docs/migrating.md), compiled and run as
+/// doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/migrating.md")]
+struct MigratingDoctests;

@@ -5,7 +5,7 @@
 //! session operations, and commits through `keepsake_core::commit::commit`,
 //! with no HTTP in between. Every store call (load, create, save, touch,
 //! destroy) and every take of the in-process commit lock first stops at a
-//! gate, and the explorer decides which stopped request goes on next, so it
+//! gate (retire too), and the explorer decides which stopped request goes on next, so it
 //! controls the order of every step (a request waiting for a lock that
 //! another one holds is never chosen: nothing waits on a paused request).
 //! Requests belong to one or two simulated app instances, each with its own
@@ -408,6 +408,10 @@ impl SessionStore for Gated {
     async fn destroy(&self, key: &StorageKey) -> keepsake::Result<()> {
         self.sched.pause(self.request, "destroy").await;
         self.inner.destroy(key).await
+    }
+    async fn retire(&self, key: &StorageKey, version: i64) -> keepsake::Result<Cas> {
+        self.sched.pause(self.request, "retire").await;
+        self.inner.retire(key, version).await
     }
     async fn gc(&self, now: i64) -> keepsake::Result<u64> {
         self.inner.gc(now).await
@@ -971,44 +975,41 @@ async fn files() {
     explore("file", Arc::new(store), cases(24), 4).await;
 }
 
+/// Explores an SQL store in a table of its own, dropped afterwards.
+macro_rules! explore_sql {
+    ($name:literal, $store:ty, $var:literal) => {{
+        let Some(url) = keepsake_core::test_kit::server_url($var) else {
+            return;
+        };
+        let table = format!("explore_{}", suffix());
+        let store = <$store>::connect(&url)
+            .await
+            .unwrap()
+            .with_table_name(&table)
+            .unwrap();
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        explore($name, Arc::new(store), cases(24), 4).await;
+        let _ = keepsake_sqlx::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+            .execute(&pool)
+            .await;
+    }};
+}
+
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres() {
-    let Some(url) = keepsake_core::test_kit::server_url("KEEPSAKE_TEST_POSTGRES_URL") else {
-        return;
-    };
-    let table = format!("explore_{}", suffix());
-    let store = keepsake::PostgresStore::connect(&url)
-        .await
-        .unwrap()
-        .with_table_name(&table)
-        .unwrap();
-    store.migrate().await.unwrap();
-    let pool = store.pool().clone();
-    explore("postgres", Arc::new(store), cases(24), 4).await;
-    let _ = keepsake_sqlx::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(&pool)
-        .await;
+    explore_sql!(
+        "postgres",
+        keepsake::PostgresStore,
+        "KEEPSAKE_TEST_POSTGRES_URL"
+    );
 }
 
 #[cfg(feature = "mysql")]
 #[tokio::test]
 async fn mariadb() {
-    let Some(url) = keepsake_core::test_kit::server_url("KEEPSAKE_TEST_MYSQL_URL") else {
-        return;
-    };
-    let table = format!("explore_{}", suffix());
-    let store = keepsake::MySqlStore::connect(&url)
-        .await
-        .unwrap()
-        .with_table_name(&table)
-        .unwrap();
-    store.migrate().await.unwrap();
-    let pool = store.pool().clone();
-    explore("mariadb", Arc::new(store), cases(24), 4).await;
-    let _ = keepsake_sqlx::sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(&pool)
-        .await;
+    explore_sql!("mariadb", keepsake::MySqlStore, "KEEPSAKE_TEST_MYSQL_URL");
 }
 
 #[cfg(feature = "redis")]

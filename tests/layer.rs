@@ -1141,3 +1141,130 @@ async fn host_prefixed_and_partitioned_cookies() {
     let plain = client().post("/incr", &[]).await.set_cookies().join("\n");
     assert!(!plain.contains("Partitioned"), "{plain}");
 }
+
+// ---------------------------------------------------------------------------
+// The commit protocol end to end (docs/semantics.md): a slow request loads,
+// another request commits meanwhile, then the slow one commits.
+
+/// Starts `ops` on a forked tab through `/slow_run`, gives it time to load,
+/// runs `meanwhile` on the main tab, and answers the slow tab's status and
+/// `Set-Cookie` headers.
+async fn race(
+    client: &TestClient,
+    ops: serde_json::Value,
+    meanwhile: serde_json::Value,
+) -> (u16, Vec<String>) {
+    let slow_tab = client.fork();
+    let slow = tokio::spawn(async move {
+        let response = slow_tab.post_json("/slow_run", &ops).await;
+        (response.status.as_u16(), response.set_cookies())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    run(client, meanwhile).await;
+    slow.await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_of_a_value_replaced_meanwhile_fails_and_keeps_the_new_value() {
+    let client = TestClient::new(common::app(), SessionLayer::new(MemoryStore::new()));
+    run(&client, json!([["put", "notice", "Welcome"]])).await;
+    let (status, cookies) = race(
+        &client,
+        json!([["pull", "notice"]]),
+        json!([["put", "notice", "Saved"]]),
+    )
+    .await;
+    assert_eq!(status, 409, "the pull read a value that is gone");
+    assert!(cookies.is_empty(), "no cookie on a refused commit");
+    client.session().await.assert_has_value("notice", "Saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_saved_meanwhile_survives_a_concurrent_write() {
+    let client = TestClient::new(common::app(), SessionLayer::new(MemoryStore::new()));
+    run(&client, json!([["put", "n", 1]])).await;
+    let (status, _) = race(
+        &client,
+        json!([["put", "x", 1]]),
+        json!([["flash", "status", "saved"]]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let results = run(&client, json!([["get", "status"], ["get", "x"]])).await;
+    assert_eq!(
+        common::ok(&results[0]),
+        json!("saved"),
+        "shown on the next page"
+    );
+    assert_eq!(common::ok(&results[1]), json!(1));
+    let results = run(&client, json!([["get", "status"]])).await;
+    assert_eq!(
+        common::ok(&results[0]),
+        serde_json::Value::Null,
+        "and only there"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_touch_racing_a_login_never_hands_back_the_dead_id() {
+    let client = TestClient::new(
+        common::app(),
+        SessionLayer::new(MemoryStore::new()).with_touch_after(Duration::ZERO),
+    );
+    run(&client, json!([["put", "user", "ada"]])).await;
+    // The expiry moves only when a whole second has passed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, cookies) = race(&client, json!([["get", "user"]]), json!([["regenerate"]])).await;
+    assert_eq!(status, 200, "a read-only request never fails");
+    assert!(
+        cookies.is_empty(),
+        "the touch found the old record retired: no id sent, got {cookies:?}"
+    );
+    client
+        .session()
+        .await
+        .assert_regenerated()
+        .assert_has_value("user", "ada");
+}
+
+#[tokio::test]
+async fn a_logout_starts_a_new_absolute_lifetime() {
+    let client = TestClient::new(
+        common::app(),
+        SessionLayer::new(MemoryStore::new()).with_absolute_lifetime(Duration::from_secs(4)),
+    );
+    run(&client, json!([["put", "user", "ada"]])).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = client
+        .post_json("/run", &json!([["invalidate"], ["put", "bye", true]]))
+        .await;
+    response.assert_status(200);
+    let cookie = response.set_cookies().join("; ");
+    let max_age: i64 = cookie
+        .split("; ")
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .and_then(|v| v.parse().ok())
+        .expect("a Max-Age");
+    assert!(
+        max_age >= 3,
+        "the new session has the whole lifetime: {cookie}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_moves_the_session_and_keeps_the_token() {
+    let client = TestClient::new(common::app(), SessionLayer::new(MemoryStore::new()));
+    let before = run(&client, json!([["put", "user", "ada"], ["token"]])).await;
+    let old = client.cookie().unwrap();
+    let after = run(&client, json!([["migrate"], ["token"]])).await;
+    assert_ne!(client.cookie().unwrap(), old, "a new id");
+    assert_eq!(
+        common::ok(&after[1]),
+        common::ok(&before[1]),
+        "the token stays"
+    );
+    client.session().await.assert_has_value("user", "ada");
+    let stale = client.new_browser();
+    stale.set_cookie(Some(old));
+    stale.session().await.assert_missing("user");
+}

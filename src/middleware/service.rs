@@ -225,35 +225,37 @@ fn add_cache_headers(config: &Config, response: &mut Response) {
 /// shared cache, whatever the handler said: `private` (or `no-store`) wins,
 /// and `public` and `s-maxage` go.
 fn forbid_shared_caching(response: &mut Response) {
+    /// The directive's name, without its argument.
+    fn name(directive: &str) -> &str {
+        directive.split('=').next().unwrap_or_default().trim()
+    }
     let headers = response.headers_mut();
-    let directives: Vec<String> = headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .map(str::to_owned)
-        .collect();
-    let name = |d: &str| {
-        d.split('=')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase()
+    let directives = || {
+        headers
+            .get_all(CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
     };
-    if directives
-        .iter()
-        .any(|d| matches!(name(d).as_str(), "private" | "no-store"))
-    {
+    // The common case, checked without allocating: the layer's own
+    // `private`, or a handler's `private` or `no-store`.
+    if directives().any(|d| {
+        let name = name(d);
+        name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store")
+    }) {
         return;
     }
-    let mut kept: Vec<String> = directives
-        .into_iter()
-        .filter(|d| !matches!(name(d).as_str(), "public" | "s-maxage"))
-        .collect();
-    kept.insert(0, "private".to_owned());
-    if let Ok(value) = HeaderValue::from_str(&kept.join(", ")) {
+    let mut kept = String::from("private");
+    for directive in directives() {
+        let name = name(directive);
+        if !name.eq_ignore_ascii_case("public") && !name.eq_ignore_ascii_case("s-maxage") {
+            kept.push_str(", ");
+            kept.push_str(directive);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&kept) {
         headers.insert(CACHE_CONTROL, value);
     }
 }

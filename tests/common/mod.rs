@@ -22,6 +22,14 @@ async fn run_ops(session: Session, Json(ops): Json<Vec<Vec<Value>>>) -> Json<Vec
     Json(ops.iter().map(|op| apply(&session, op)).collect())
 }
 
+/// [`run_ops`], then holds the request open for a while before the layer
+/// commits: the other half of a race set up by a test.
+async fn slow_run(session: Session, Json(ops): Json<Vec<Vec<Value>>>) -> Json<Vec<Value>> {
+    let results = ops.iter().map(|op| apply(&session, op)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Json(results)
+}
+
 fn keys(value: &Value) -> Vec<String> {
     value
         .as_array()
@@ -87,6 +95,10 @@ fn apply(s: &Session, op: &[Value]) -> Value {
         "id" => Ok(json!(s.id().as_str())),
         "regenerate" => {
             s.regenerate();
+            Ok(Value::Null)
+        }
+        "migrate" => {
+            s.migrate();
             Ok(Value::Null)
         }
         "invalidate" => {
@@ -164,6 +176,7 @@ pub fn app() -> Router {
     init_tracing();
     Router::new()
         .route("/run", post(run_ops))
+        .route("/slow_run", post(slow_run))
         .route("/none", get(none))
         .route("/read", get(read))
         .route("/incr", post(incr))

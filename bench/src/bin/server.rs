@@ -23,7 +23,10 @@
 //!
 //! Configuration from the environment: `BENCH_DIR` (SQLite files),
 //! `KEEPSAKE_TEST_POSTGRES_URL`, `KEEPSAKE_TEST_MYSQL_URL`,
-//! `KEEPSAKE_TEST_REDIS_URL`.
+//! `KEEPSAKE_TEST_REDIS_URL`, and `BENCH_NAME_SUFFIX` (lowercase letters,
+//! digits and `_`; default none), appended to every table, schema and key
+//! prefix, so that two workloads against the same database servers never
+//! drop each other's tables.
 
 use std::error::Error;
 use std::str::FromStr as _;
@@ -45,9 +48,38 @@ const KEEPSAKE_TABLE: &str = "bench_keepsake_sessions";
 const TOWER_SCHEMA: &str = "bench_tower";
 const TOWER_TABLE: &str = "bench_tower_sessions";
 const AXUM_SESSION_TABLE: &str = "bench_axum_session";
-const KEEPSAKE_REDIS_PREFIX: &str = "keepsake-bench:";
+const KEEPSAKE_REDIS_PREFIX: &str = "keepsake-bench";
 /// tower-sessions' Redis store has no key prefix: it gets a database of its own.
 const TOWER_REDIS_DB: u8 = 11;
+
+/// The names above with `BENCH_NAME_SUFFIX` appended.
+struct Names {
+    keepsake_table: String,
+    tower_schema: String,
+    tower_table: String,
+    axum_session_table: String,
+    keepsake_redis_prefix: String,
+}
+
+fn names() -> Result<Names> {
+    let suffix = std::env::var("BENCH_NAME_SUFFIX").unwrap_or_default();
+    if !suffix
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!(
+            "BENCH_NAME_SUFFIX={suffix:?}: only lowercase letters, digits and _ are allowed"
+        )
+        .into());
+    }
+    Ok(Names {
+        keepsake_table: format!("{KEEPSAKE_TABLE}{suffix}"),
+        tower_schema: format!("{TOWER_SCHEMA}{suffix}"),
+        tower_table: format!("{TOWER_TABLE}{suffix}"),
+        axum_session_table: format!("{AXUM_SESSION_TABLE}{suffix}"),
+        keepsake_redis_prefix: format!("{KEEPSAKE_REDIS_PREFIX}{suffix}:"),
+    })
+}
 
 static USERS: AtomicU64 = AtomicU64::new(0);
 
@@ -189,36 +221,41 @@ mod keepsake_app {
     }
 
     pub(crate) async fn store(store: &str) -> Result<std::sync::Arc<dyn SessionStore>> {
+        let Names {
+            keepsake_table: table,
+            keepsake_redis_prefix: prefix,
+            ..
+        } = names()?;
         Ok(match store {
             "memory" => std::sync::Arc::new(keepsake::MemoryStore::new()),
             "sqlite" => {
                 let store = keepsake::SqliteStore::new(sqlite_pool("keepsake").await?)
-                    .with_table_name(KEEPSAKE_TABLE)?;
+                    .with_table_name(&table)?;
                 store.migrate().await?;
                 std::sync::Arc::new(store)
             }
             "postgres" => {
                 let pool = pg_pool().await?;
-                sqlx::query(&format!("DROP TABLE IF EXISTS {KEEPSAKE_TABLE}"))
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                     .execute(&pool)
                     .await?;
-                let store = keepsake::PostgresStore::new(pool).with_table_name(KEEPSAKE_TABLE)?;
+                let store = keepsake::PostgresStore::new(pool).with_table_name(&table)?;
                 store.migrate().await?;
                 std::sync::Arc::new(store)
             }
             "mysql" => {
                 let pool = mysql_pool().await?;
-                sqlx::query(&format!("DROP TABLE IF EXISTS {KEEPSAKE_TABLE}"))
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
                     .execute(&pool)
                     .await?;
-                let store = keepsake::MySqlStore::new(pool).with_table_name(KEEPSAKE_TABLE)?;
+                let store = keepsake::MySqlStore::new(pool).with_table_name(&table)?;
                 store.migrate().await?;
                 std::sync::Arc::new(store)
             }
             "redis" => std::sync::Arc::new(
                 keepsake::RedisStore::connect(&env("KEEPSAKE_TEST_REDIS_URL")?)
                     .await?
-                    .with_prefix(KEEPSAKE_REDIS_PREFIX),
+                    .with_prefix(&prefix),
             ),
             other => return Err(format!("keepsake has no bench store {other}").into()),
         })
@@ -293,33 +330,38 @@ mod tower_app {
 
     pub(crate) async fn router(store: &str, sliding: bool) -> Result<Router> {
         use tower_sessions_sqlx_store::{MySqlStore, PostgresStore, SqliteStore};
+        let Names {
+            tower_schema: schema,
+            tower_table: table,
+            ..
+        } = names()?;
         Ok(match store {
             "memory" => routes(tower_sessions::MemoryStore::default(), sliding),
             "sqlite" => {
                 let store =
-                    SqliteStore::new(sqlite_pool("tower").await?).with_table_name(TOWER_TABLE)?;
+                    SqliteStore::new(sqlite_pool("tower").await?).with_table_name(&table)?;
                 store.migrate().await?;
                 routes(store, sliding)
             }
             "postgres" => {
                 let pool = pg_pool().await?;
-                sqlx::query(&format!("DROP SCHEMA IF EXISTS {TOWER_SCHEMA} CASCADE"))
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                     .execute(&pool)
                     .await?;
                 let store = PostgresStore::new(pool)
-                    .with_schema_name(TOWER_SCHEMA)?
-                    .with_table_name(TOWER_TABLE)?;
+                    .with_schema_name(&schema)?
+                    .with_table_name(&table)?;
                 store.migrate().await?;
                 routes(store, sliding)
             }
             "mysql" => {
                 let pool = mysql_pool().await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {TOWER_SCHEMA}"))
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {schema}"))
                     .execute(&pool)
                     .await?;
                 let store = MySqlStore::new(pool)
-                    .with_schema_name(TOWER_SCHEMA)?
-                    .with_table_name(TOWER_TABLE)?;
+                    .with_schema_name(&schema)?
+                    .with_table_name(&table)?;
                 store.migrate().await?;
                 routes(store, sliding)
             }
@@ -374,8 +416,10 @@ mod axum_session_app {
     async fn routes<P: DatabasePool + Clone + std::fmt::Debug + Sync + Send + 'static>(
         pool: P,
     ) -> Result<Router> {
+        // axum_session takes a `&'static str`; the server makes one router.
+        let table: &'static str = Box::leak(names()?.axum_session_table.into_boxed_str());
         let config = SessionConfig::default()
-            .with_table_name(AXUM_SESSION_TABLE)
+            .with_table_name(table)
             .with_lifetime(time::Duration::seconds(IDLE.as_secs() as i64));
         let store = SessionStore::new(Some(pool), config).await?;
         Ok(Router::new()
@@ -414,7 +458,8 @@ mod axum_session_app {
                     .connect_with(options)
                     .await?;
                 sqlx09::query(sqlx09::AssertSqlSafe(format!(
-                    "DROP TABLE IF EXISTS {AXUM_SESSION_TABLE}"
+                    "DROP TABLE IF EXISTS {}",
+                    names()?.axum_session_table
                 )))
                 .execute(&pool)
                 .await?;
@@ -427,12 +472,18 @@ mod axum_session_app {
 
 /// Drops what the variants created (the Redis keys expire by themselves).
 async fn cleanup() -> Result<()> {
+    let Names {
+        keepsake_table,
+        tower_schema,
+        axum_session_table,
+        ..
+    } = names()?;
     if let Ok(url) = env("KEEPSAKE_TEST_POSTGRES_URL") {
         let pool = sqlx::PgPool::connect(&url).await?;
         for sql in [
-            format!("DROP TABLE IF EXISTS {KEEPSAKE_TABLE}"),
-            format!("DROP SCHEMA IF EXISTS {TOWER_SCHEMA} CASCADE"),
-            format!("DROP TABLE IF EXISTS {AXUM_SESSION_TABLE}"),
+            format!("DROP TABLE IF EXISTS {keepsake_table}"),
+            format!("DROP SCHEMA IF EXISTS {tower_schema} CASCADE"),
+            format!("DROP TABLE IF EXISTS {axum_session_table}"),
         ] {
             sqlx::query(&sql).execute(&pool).await?;
         }
@@ -440,8 +491,8 @@ async fn cleanup() -> Result<()> {
     if let Ok(url) = env("KEEPSAKE_TEST_MYSQL_URL") {
         let pool = sqlx::MySqlPool::connect(&url).await?;
         for sql in [
-            format!("DROP TABLE IF EXISTS {KEEPSAKE_TABLE}"),
-            format!("DROP DATABASE IF EXISTS {TOWER_SCHEMA}"),
+            format!("DROP TABLE IF EXISTS {keepsake_table}"),
+            format!("DROP DATABASE IF EXISTS {tower_schema}"),
         ] {
             sqlx::query(&sql).execute(&pool).await?;
         }

@@ -148,6 +148,10 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
             .await
     }
 
+    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+        self.inner.retire(key, expected_version).await
+    }
+
     async fn destroy(&self, key: &StorageKey) -> Result<()> {
         self.inner.destroy(key).await
     }

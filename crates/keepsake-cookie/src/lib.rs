@@ -83,7 +83,7 @@
 //! This crate has no features: the cookie store and encryption at rest share
 //! everything they depend on.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod cookie;
 mod encrypted;

@@ -383,12 +383,7 @@ pub async fn commit<L: CommitLock>(
                 // Retired by a compare-and-swap at the version this request
                 // loaded: a write that landed meanwhile is replayed first, so
                 // what this request read still holds when it ends the session.
-                if store
-                    .save(&tombstone(&key, version, ctx.now), version)
-                    .await?
-                    .is_applied()
-                {
-                    remove_retired(store, &key).await;
+                if store.retire(&key, version).await?.is_applied() {
                     return Ok(Outcome::Remove);
                 }
                 if attempts >= ctx.max_save_attempts {
@@ -467,36 +462,9 @@ pub async fn commit<L: CommitLock>(
     }
 }
 
-/// An expired record that replaces `key` at `version`: after it is saved the
-/// old id no longer loads, and no save at an older version applies.
-fn tombstone(key: &StorageKey, version: i64, now: i64) -> Record {
-    Record {
-        key: key.clone(),
-        payload: String::new(),
-        last_activity: now,
-        expires_at: now - 1,
-        version: version + 1,
-        user_id: None,
-        ip_address: None,
-        user_agent: None,
-    }
-}
-
-/// Removes a retired record. It no longer loads, so this only frees the
-/// space (gc would do it too), and a failure does not fail the request.
-async fn remove_retired(store: &dyn SessionStore, key: &StorageKey) {
-    if let Err(error) = store.destroy(key).await {
-        tracing::warn!(
-            session = %key.short(),
-            error = %crate::error::Report(&error),
-            "removing the retired session record failed; gc will remove it"
-        );
-    }
-}
-
 /// Retires the record of the old id after an id change stored the new one.
 ///
-/// The old record is expired by a compare-and-swap save at the version this
+/// The old record is retired ([`SessionStore::retire`]) at the version this
 /// request loaded, not destroyed blindly: if a concurrent request of the same
 /// session saved to it meanwhile (another tab adding to a cart while this one
 /// logs in), the save conflicts, that request's changes are carried into the
@@ -537,12 +505,7 @@ async fn retire_inner(
     mut new: Record,
 ) -> Result<Option<Record>> {
     for _ in 0..MAX_RETIRE_ATTEMPTS {
-        if store
-            .save(&tombstone(old, expected, ctx.now), expected)
-            .await?
-            .is_applied()
-        {
-            remove_retired(store, old).await;
+        if store.retire(old, expected).await?.is_applied() {
             return Ok(Some(new));
         }
         let Some(fresh) = store.load(old).await? else {

@@ -184,6 +184,7 @@ enum Operation {
     Save,
     Touch,
     Destroy,
+    Retire,
     Gc,
     ListForUser,
     DestroyForUser,
@@ -197,6 +198,7 @@ impl Operation {
             Self::Save => "save",
             Self::Touch => "touch",
             Self::Destroy => "destroy",
+            Self::Retire => "retire",
             Self::Gc => "gc",
             Self::ListForUser => "list_for_user",
             Self::DestroyForUser => "destroy_for_user",
@@ -313,6 +315,16 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
             .await
     }
 
+    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+        self.observe(
+            Operation::Retire,
+            Some(key),
+            self.inner.retire(key, expected_version),
+            cas,
+        )
+        .await
+    }
+
     async fn gc(&self, now: i64) -> Result<u64> {
         self.observe(Operation::Gc, None, self.inner.gc(now), deleted)
             .await
@@ -382,7 +394,9 @@ mod measure {
             Operation::Create => counter!(CREATES, "store" => store).increment(1),
             Operation::Save => counter!(SAVES, "store" => store).increment(1),
             Operation::Touch => counter!(TOUCHES, "store" => store).increment(1),
-            Operation::Destroy => counter!(DESTROYS, "store" => store).increment(1),
+            Operation::Destroy | Operation::Retire => {
+                counter!(DESTROYS, "store" => store).increment(1);
+            }
             Operation::DestroyForUser => {
                 counter!(DESTROYS, "store" => store).increment(summary.deleted);
             }

@@ -5,7 +5,7 @@
 //! Applications depend on the `keepsake` crate, which re-exports all of this
 //! together with the axum layer. Driver crates depend on this crate only.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod batch;
 pub mod commit;

@@ -384,6 +384,20 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+        let bytes = key.to_bytes();
+        let now = crate::now();
+        let mut shard = self.shard(&bytes);
+        match shard.get(&bytes) {
+            Some(entry) if entry.version == expected_version && entry.expires_at > now => {}
+            _ => return Ok(Cas::Conflict),
+        }
+        if let Some(entry) = shard.swap_remove(&bytes) {
+            self.reindex(bytes, entry.user_id(), None);
+        }
+        Ok(Cas::Applied)
+    }
+
     async fn gc(&self, now: i64) -> Result<u64> {
         Ok(self.gc_in_slices(now, GC_SLICE, |_, _| {}).await)
     }

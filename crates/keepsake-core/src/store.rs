@@ -51,6 +51,7 @@ impl Cas {
 /// - `touch` moves `last_activity` and `expires_at` of a live record whose
 ///   version is still the expected one, never moves `expires_at` backwards,
 ///   and leaves the payload and version alone.
+/// - `retire` deletes a live record only at the expected version.
 /// - `gc` deletes expired records and returns how many.
 /// - `list_for_user` / `destroy_for_user` use the per-user index; stores that
 ///   cannot have one return [`Error::Unsupported`](crate::Error::Unsupported).
@@ -85,6 +86,42 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
 
     /// Deletes the record stored under `key`, if any.
     async fn destroy(&self, key: &StorageKey) -> Result<()>;
+
+    /// Deletes the record stored under `key` if it is live at
+    /// `expected_version`: a login or logout retiring the id it loaded, in
+    /// one compare-and-swap. [`Cas::Conflict`] when the record is gone,
+    /// expired or at another version (another request saved meanwhile).
+    ///
+    /// The default saves an expired tombstone at the expected version (so
+    /// the id stops loading atomically) and then destroys it, two round
+    /// trips; stores that can delete conditionally do it in one.
+    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+        let now = crate::now();
+        let tombstone = Record {
+            key: key.clone(),
+            payload: String::new(),
+            last_activity: now,
+            expires_at: now - 1,
+            version: expected_version + 1,
+            user_id: None,
+            ip_address: None,
+            user_agent: None,
+        };
+        if !self.save(&tombstone, expected_version).await?.is_applied() {
+            return Ok(Cas::Conflict);
+        }
+        // The id no longer loads; removing the expired record only frees
+        // the space (gc would do it too), so a failure here is not one of
+        // the retire.
+        if let Err(error) = self.destroy(key).await {
+            tracing::warn!(
+                session = %key.short(),
+                error = %crate::error::Report(&error),
+                "removing a retired session record failed; gc will remove it"
+            );
+        }
+        Ok(Cas::Applied)
+    }
 
     /// Deletes the records that expired at or before `now` (unix seconds) and
     /// returns how many. Stores whose backend expires entries itself return 0.
@@ -177,6 +214,18 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
         Self: 'f,
     {
         (**self).destroy(key)
+    }
+    fn retire<'a, 'b, 'f>(
+        &'a self,
+        key: &'b StorageKey,
+        expected_version: i64,
+    ) -> StoreFuture<'f, Cas>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).retire(key, expected_version)
     }
     fn gc<'a, 'f>(&'a self, now: i64) -> StoreFuture<'f, u64>
     where

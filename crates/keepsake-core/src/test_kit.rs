@@ -102,6 +102,7 @@ where
     save_never_resurrects(&factory().await).await;
     touch_keeps_payload(&factory().await).await;
     touch_is_conditional(&factory().await).await;
+    retire_is_conditional(&factory().await, options).await;
     destroy_removes(&factory().await).await;
     expired_records_do_not_load(&factory().await).await;
     gc_counts_expired(&factory().await, options).await;
@@ -320,6 +321,46 @@ pub async fn touch_is_conditional(store: &impl SessionStore) {
         r.last_activity + 2,
         "touch_is_conditional: last_activity moves"
     );
+}
+
+/// `retire` deletes a live record only at the expected version, and takes
+/// it out of its owner's index.
+pub async fn retire_is_conditional(store: &impl SessionStore, options: Options) {
+    let mut r = record(r#"{"d":{}}"#);
+    if options.user_index {
+        r.user_id = Some(format!("retiring-{}", r.key.short()));
+    }
+    assert_eq!(ok(store.create(&r).await, "create"), Cas::Applied);
+    assert_eq!(
+        ok(store.retire(&r.key, r.version + 1).await, "retire"),
+        Cas::Conflict,
+        "retire_is_conditional: another version is not retired"
+    );
+    assert!(
+        ok(store.load(&r.key).await, "load").is_some(),
+        "retire_is_conditional: a refused retire leaves the record"
+    );
+    assert_eq!(
+        ok(store.retire(&r.key, r.version).await, "retire"),
+        Cas::Applied,
+        "retire_is_conditional: the expected version is retired"
+    );
+    assert_eq!(
+        ok(store.load(&r.key).await, "load"),
+        None,
+        "retire_is_conditional: a retired record no longer loads"
+    );
+    assert_eq!(
+        ok(store.retire(&r.key, r.version).await, "retire"),
+        Cas::Conflict,
+        "retire_is_conditional: a missing record is not retired twice"
+    );
+    if let (true, Some(user)) = (options.user_index, &r.user_id) {
+        assert!(
+            ok(store.list_for_user(user).await, "list_for_user").is_empty(),
+            "retire_is_conditional: the owner's index forgets it"
+        );
+    }
 }
 
 /// `destroy` removes; destroying a missing key is fine.

@@ -124,7 +124,7 @@
 //! 0600 (before the umask, which can only narrow them). An existing directory
 //! passed to [`FileStore::new`] keeps its mode.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod format;
 mod io;

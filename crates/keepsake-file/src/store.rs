@@ -405,6 +405,23 @@ impl Inner {
         }
     }
 
+    fn retire(&self, key: &StorageKey, expected_version: i64, now: i64) -> Result<Cas, IoError> {
+        if !self.shard_dir(key).is_dir() {
+            return Ok(Cas::Conflict);
+        }
+        let _lock = self.lock(key)?;
+        let stored = self.read(key)?;
+        match stored.live(now) {
+            Some(header) if header.version == expected_version => {}
+            _ => return Ok(Cas::Conflict),
+        }
+        self.remove_session(key)?;
+        if let Some(owner) = stored.owner() {
+            self.unindex(owner, key);
+        }
+        Ok(Cas::Applied)
+    }
+
     fn destroy(&self, key: &StorageKey) -> Result<(), IoError> {
         if !self.shard_dir(key).is_dir() {
             return Ok(());
@@ -644,6 +661,15 @@ impl SessionStore for FileStore {
         let key = key.clone();
         self.blocking("destroy", move |inner| inner.destroy(&key))
             .await
+    }
+
+    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+        let key = key.clone();
+        let now = keepsake_core::now();
+        self.blocking("retire", move |inner| {
+            inner.retire(&key, expected_version, now)
+        })
+        .await
     }
 
     async fn gc(&self, now: i64) -> Result<u64> {

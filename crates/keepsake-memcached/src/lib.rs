@@ -128,7 +128,7 @@
 //! authentication (binary protocol only) and TLS are not supported: keep
 //! memcached on a private network.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod codec;
 mod pool;

@@ -115,7 +115,7 @@
 //!
 //! Only commands available since Redis 4.0 are used.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod conn;
 mod scripts;

@@ -137,6 +137,25 @@ return {1}
     )
 });
 
+/// Deletes the record if it is at the expected version (`ARGV[1]`). Returns
+/// `{0}` when missing or at another version, `{1}` or `{1, owner}` when
+/// deleted.
+pub(crate) static RETIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('HMGET', KEYS[1], 'version', 'user_id')
+if current[1] ~= ARGV[1] then
+  return {0}
+end
+redis.call('DEL', KEYS[1])
+if current[2] then
+  return {1, current[2]}
+end
+return {1}
+"#,
+    )
+});
+
 /// Deletes the record and returns its owner (nil when none or missing).
 pub(crate) static DESTROY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(

@@ -592,6 +592,27 @@ impl SessionStore for RedisStore {
         Ok(Cas::Applied)
     }
 
+    /// One script that deletes the hash if it is at the expected version and
+    /// returns its owner; for a session with an owner, a second command
+    /// removes it from the owner's index.
+    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+        let reply: Vec<Value> = scripts::RETIRE
+            .key(self.session_key(key))
+            .arg(expected_version)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| Error::backend(KIND, "retire", e))?;
+        if !matches!(reply.first(), Some(Value::Int(1))) {
+            return Ok(Cas::Conflict);
+        }
+        if let Some(owner) = reply.get(1).and_then(bytes) {
+            let set = self.user_key(&owner);
+            self.unindex(&set, &[key.as_str().as_bytes().to_vec()], "retire")
+                .await;
+        }
+        Ok(Cas::Applied)
+    }
+
     /// One script that deletes the hash and returns its owner; for a session
     /// with an owner, a second command removes it from the owner's index.
     async fn destroy(&self, key: &StorageKey) -> Result<()> {

@@ -353,6 +353,8 @@ pub(crate) struct Queries {
     pub(crate) touch: String,
     /// `$1` key.
     pub(crate) destroy: String,
+    /// `$1` key, `$2` expected version, `$3` now.
+    pub(crate) retire: String,
     /// `$1` now, `$2` batch size.
     pub(crate) gc: String,
     /// `$1` user, `$2` now.
@@ -458,6 +460,12 @@ impl Queries {
                 p(5)
             ),
             destroy: format!("DELETE FROM {t} WHERE id = {}", p(1)),
+            retire: format!(
+                "DELETE FROM {t} WHERE id = {} AND version = {} AND expires_at > {}",
+                p(1),
+                p(2),
+                p(3)
+            ),
             gc,
             list_for_user: format!(
                 "SELECT id, user_id, last_activity, expires_at, ip_address, user_agent FROM {t} \
@@ -861,6 +869,22 @@ macro_rules! impl_store {
                 })
             }
 
+            async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+                let rows = sqlx::query(&self.queries.retire)
+                    .bind(key.as_str())
+                    .bind(expected_version)
+                    .bind(keepsake_core::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("retire", e))?
+                    .rows_affected();
+                Ok(if rows == 0 {
+                    Cas::Conflict
+                } else {
+                    Cas::Applied
+                })
+            }
+
             async fn destroy(&self, key: &StorageKey) -> Result<()> {
                 sqlx::query(&self.queries.destroy)
                     .bind(key.as_str())
@@ -1070,6 +1094,7 @@ mod tests {
                 &q.save,
                 &q.touch,
                 &q.destroy,
+                &q.retire,
                 &q.gc,
                 &q.list_for_user,
                 &q.destroy_for_user,

@@ -64,8 +64,10 @@
 //!
 //! The schema lives in `migrations/{postgres,sqlite,mysql}/` of the keepsake
 //! repository, written for the default table `sessions`, and is embedded
-//! into this crate with `sqlx::migrate!`. Teams that manage their schema
-//! with their own tool can copy those files.
+//! into this crate with `sqlx::migrate!` from the crate's own copy of those
+//! folders (a test keeps the two identical, byte for byte, so the published
+//! crate carries exactly the repository's files). Teams that manage their
+//! schema with their own tool can copy those files.
 //!
 //! `migrate()` creates or upgrades the table with no sqlx-cli, and works
 //! for any table name: it takes each embedded migration, replaces the table
@@ -136,7 +138,7 @@
 //! [`SqliteStore::connect`]: crate::SqliteStore::connect
 //! [`SqliteStore::new`]: crate::SqliteStore::new
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // The overview links to every store; with some features off, some are absent.
 #![cfg_attr(
     not(all(feature = "sqlite", feature = "postgres", feature = "mysql")),

@@ -13,7 +13,7 @@ use crate::common::{
 
 const KIND: &str = "mysql";
 
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/mysql");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/mysql");
 
 /// Sessions in a MySQL (5.7+, 8) or MariaDB (10.3+) table, shared by every
 /// app server that uses the same database.

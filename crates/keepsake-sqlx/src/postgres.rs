@@ -13,7 +13,7 @@ use crate::common::{
 
 const KIND: &str = "postgres";
 
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Sessions in a PostgreSQL table, shared by every app server that uses the
 /// same database.

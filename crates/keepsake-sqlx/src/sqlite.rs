@@ -19,7 +19,7 @@ const KIND: &str = "sqlite";
 /// How long a writer waits for another one before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-static MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Sessions in an SQLite database: for a single process that should keep its
 /// sessions across restarts without running a database server.

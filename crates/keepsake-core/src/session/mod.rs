@@ -33,6 +33,18 @@ pub(crate) use ops::{Observed, Op, Read, Seen, State, Step};
 /// exact behaviour of every method, and the project's `docs/semantics.md` for
 /// what each one means when requests of one session overlap.
 ///
+/// # Concurrent requests
+///
+/// When another request of the same session saved first, this request's
+/// changes are replayed on the newer record: blind writes (`put`, `forget`,
+/// `flash` …) as if this request ran second, `increment` and `push` on the
+/// newer value. Reads (`get`, `has`, `all`, the value `pull` returned …) are
+/// checked: a request that wrote something and read a value the other
+/// request changed fails with [`Error::Stale`] (409 by default) rather than
+/// act on a value that is gone. A request that only reads never fails this
+/// way. The three documented exceptions are the values returned by
+/// `increment`, by a first `remember` and by a first `token()` that raced.
+///
 /// ```
 /// use keepsake_core::Session;
 ///
