@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use keepsake_core::batch::Batcher;
-use keepsake_core::{Error, Record, Result, SessionInfo, StorageKey};
+use keepsake_core::{Cas, Error, Record, Result, SessionInfo, StorageKey};
 use sqlx::pool::PoolOptions;
 use sqlx::query::Query;
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -329,6 +329,15 @@ pub(crate) fn retired_indexes(dialect: Dialect) -> &'static [&'static str] {
     match dialect {
         Dialect::Sqlite | Dialect::Postgres => &["last_activity_idx", "user_id_idx"],
         Dialect::MySql => &["last_activity_idx"],
+    }
+}
+
+/// A conditional write's answer from the rows it changed.
+pub(crate) fn cas(rows: u64) -> Cas {
+    if rows == 0 {
+        Cas::Conflict
+    } else {
+        Cas::Applied
     }
 }
 
@@ -838,11 +847,7 @@ macro_rules! impl_store {
                     .await
                     .map_err(|e| self.fail("save", e))?
                     .rows_affected();
-                Ok(if rows == 0 {
-                    Cas::Conflict
-                } else {
-                    Cas::Applied
-                })
+                Ok($crate::common::cas(rows))
             }
 
             async fn touch(
@@ -862,11 +867,7 @@ macro_rules! impl_store {
                     .await
                     .map_err(|e| self.fail("touch", e))?
                     .rows_affected();
-                Ok(if rows == 0 {
-                    Cas::Conflict
-                } else {
-                    Cas::Applied
-                })
+                Ok($crate::common::cas(rows))
             }
 
             async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
@@ -878,11 +879,7 @@ macro_rules! impl_store {
                     .await
                     .map_err(|e| self.fail("retire", e))?
                     .rows_affected();
-                Ok(if rows == 0 {
-                    Cas::Conflict
-                } else {
-                    Cas::Applied
-                })
+                Ok($crate::common::cas(rows))
             }
 
             async fn destroy(&self, key: &StorageKey) -> Result<()> {
