@@ -14,7 +14,8 @@
 # recorded the same way. Installs valgrind with apt-get when it is missing.
 #
 # Environment: CALLGRIND_GATE_TOLERANCE (percent, default 5),
-# CALLGRIND_SECONDS (profile time per variant, default 3, see callgrind.sh).
+# CALLGRIND_REQUESTS (requests counted per variant, default 20000, see
+# benches/callgrind.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +44,7 @@ toolchain=$(rustc --version)
 measured=$(mktemp)
 trap 'rm -f "$measured"' EXIT
 started=$SECONDS
-bash benches/callgrind.sh "${variants[@]}" | awk 'NR > 1 { print $1, $2 }' > "$measured"
+CALLGRIND_FEATURES= bash benches/callgrind.sh "${variants[@]}" | awk 'NR > 1 { print $1, $2 }' > "$measured"
 elapsed=$(( SECONDS - started ))
 for v in "${variants[@]}"; do
     if ! awk -v v="$v" '$1 == v && $2 ~ /^[0-9]+$/ && $2 > 0 { found = 1 } END { exit !found }' "$measured"; then
