@@ -136,6 +136,12 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
             .await
     }
 
+    async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+        self.inner
+            .save_in_place(&self.encrypt(record)?, expected_version)
+            .await
+    }
+
     async fn touch(
         &self,
         key: &StorageKey,

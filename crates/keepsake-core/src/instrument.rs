@@ -293,6 +293,16 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
         .await
     }
 
+    async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+        self.observe(
+            Operation::Save,
+            Some(&record.key),
+            self.inner.save_in_place(record, expected_version),
+            cas,
+        )
+        .await
+    }
+
     async fn touch(
         &self,
         key: &StorageKey,

@@ -69,6 +69,19 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// version) if the stored version is `expected_version`.
     async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas>;
 
+    /// [`save`](Self::save) of a record whose `expires_at` and `user_id`
+    /// are those of the version it replaces (the compare-and-swap on
+    /// `expected_version` guarantees it): a store may leave those two
+    /// fields, and its indexes on them, as they are, and write only the
+    /// rest. Most saves of a session are of this kind, because its expiry
+    /// moves in steps (see the layer's `with_touch_after`).
+    ///
+    /// The default calls [`save`](Self::save). The SQL stores override it
+    /// with an update that changes no indexed column.
+    async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+        self.save(record, expected_version).await
+    }
+
     /// Moves the expiry of a live record without rewriting its payload, if
     /// its stored version is still `expected_version`.
     ///

@@ -100,6 +100,7 @@ where
     create_never_overwrites(&factory().await).await;
     save_is_compare_and_swap(&factory().await).await;
     save_never_resurrects(&factory().await).await;
+    save_in_place_is_compare_and_swap(&factory().await).await;
     touch_keeps_payload(&factory().await).await;
     touch_is_conditional(&factory().await).await;
     retire_is_conditional(&factory().await, options).await;
@@ -193,6 +194,53 @@ pub async fn save_is_compare_and_swap(store: &impl SessionStore) {
         Some(r),
         "save_is_compare_and_swap: a conflicting save must change nothing"
     );
+}
+
+/// `save_in_place` writes the payload, activity and version at the expected
+/// version only, keeps the stored expiry and user, and never re-creates an
+/// expired record.
+pub async fn save_in_place_is_compare_and_swap(store: &impl SessionStore) {
+    let mut r = record(r#"{"d":{"n":1}}"#);
+    r.user_id = Some("u".into());
+    assert_eq!(ok(store.create(&r).await, "create"), Cas::Applied);
+
+    r.payload = r#"{"d":{"n":2}}"#.into();
+    r.last_activity += 10;
+    r.version = 2;
+    r.ip_address = Some("192.0.2.7".into());
+    assert_eq!(
+        ok(store.save_in_place(&r, 1).await, "save_in_place"),
+        Cas::Applied,
+        "save_in_place_is_compare_and_swap: a save at the stored version must apply"
+    );
+    assert_eq!(ok(store.load(&r.key).await, "load"), Some(r.clone()));
+
+    let mut stale = r.clone();
+    stale.payload = r#"{"d":{"n":"stale"}}"#.into();
+    stale.version = 2;
+    assert_eq!(
+        ok(store.save_in_place(&stale, 1).await, "save_in_place"),
+        Cas::Conflict,
+        "save_in_place_is_compare_and_swap: a save at a stale version must be a Conflict"
+    );
+    assert_eq!(
+        ok(store.load(&r.key).await, "load"),
+        Some(r.clone()),
+        "save_in_place_is_compare_and_swap: a conflicting save must change nothing"
+    );
+
+    let mut expired = record(r#"{"d":{}}"#);
+    expired.expires_at = now() - 10;
+    expired.last_activity = now() - 100;
+    let _ = ok(store.create(&expired).await, "create");
+    let mut late = expired.clone();
+    late.version = 2;
+    assert_eq!(
+        ok(store.save_in_place(&late, 1).await, "save_in_place"),
+        Cas::Conflict,
+        "save_in_place_is_compare_and_swap: an expired record must not be saved"
+    );
+    assert_eq!(ok(store.load(&late.key).await, "load"), None);
 }
 
 /// `save` never re-creates a destroyed, expired or never-created record.
