@@ -36,7 +36,7 @@
 //!    exactly one of these happens —
 //!    - the session changed → one compare-and-swap `save` (or a `create` for a
 //!      new session or a new id);
-//!    - it did not change, but `last_activity` is older than
+//!    - it did not change, but its expiry would move by at least
 //!      [`touch_after`](SessionLayer::with_touch_after) → one `touch` that moves
 //!      the expiry without rewriting the payload;
 //!    - otherwise → no write.

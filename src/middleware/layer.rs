@@ -442,9 +442,13 @@ impl SessionLayer {
         self.config(|c| c.expire_on_close = yes)
     }
 
-    /// How stale `last_activity` may get before a request that changed
-    /// nothing writes a touch (moving the expiry without rewriting the
-    /// payload). Defaults to 60 seconds; zero touches on every request.
+    /// The step by which a session's stored expiry moves. A request that
+    /// changed nothing writes a touch (moving the expiry without rewriting
+    /// the payload) only when the expiry would move by at least this much,
+    /// and a save whose expiry would move by less keeps the stored expiry,
+    /// so it changes no indexed column. A session therefore expires between
+    /// its lifetime minus this step and its lifetime after its last request.
+    /// Defaults to 60 seconds; zero moves the expiry on every request.
     #[must_use]
     pub fn with_touch_after(self, touch_after: Duration) -> Self {
         self.config(|c| c.touch_after = touch_after)

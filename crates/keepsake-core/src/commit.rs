@@ -47,7 +47,10 @@ pub struct CommitContext {
     pub idle_lifetime: u64,
     /// The absolute lifetime in seconds, counted from creation.
     pub absolute_lifetime: Option<u64>,
-    /// How old `last_activity` may get before an unmodified request touches.
+    /// The step in seconds of a stored expiry: a request that changed
+    /// nothing touches the record only when its expiry would move by at
+    /// least this much, and a save whose expiry would move by less keeps the
+    /// stored one (and saves in place). 0 moves the expiry on every request.
     pub touch_after: u64,
     /// Client address to record, if the layer records it.
     pub ip_address: Option<String>,
@@ -167,6 +170,9 @@ pub enum Plan {
         record: Record,
         /// The version it was loaded at.
         expected: i64,
+        /// `record` keeps the loaded record's `expires_at` and `user_id`:
+        /// [`SessionStore::save_in_place`].
+        in_place: bool,
     },
     /// Move the expiry only, if the record is still at `version`.
     Touch {
@@ -221,6 +227,7 @@ fn plan_locked(inner: &mut Inner, ctx: &CommitContext, client_side: bool) -> Res
         }
     };
     let state = &inner.current;
+    let step = i64::try_from(ctx.touch_after).unwrap_or(i64::MAX);
     if let Some(user) = &state.user_id
         && user.len() > MAX_USER_ID_LEN
     {
@@ -269,21 +276,34 @@ fn plan_locked(inner: &mut Inner, ctx: &CommitContext, client_side: bool) -> Res
         // Changes that cancel out (a put of the value already stored)
         // leave the record as it is.
         if payload != base.payload || state.user_id != base.user_id {
+            let mut record = record(base.key.clone(), base.version + 1, payload);
+            // The stored expiry moves in steps, as a touch moves it: one
+            // less than a step behind stays, so most saves change no
+            // indexed column. A cookie carries its own expiry: always exact.
+            let keep_expiry = !client_side
+                && expires_at >= base.expires_at
+                && expires_at - base.expires_at < step;
+            if keep_expiry {
+                record.expires_at = base.expires_at;
+            }
             return Ok(Plan::Save {
-                record: record(base.key.clone(), base.version + 1, payload),
+                record,
                 expected: base.version,
+                in_place: keep_expiry && state.user_id == base.user_id,
             });
         }
     }
-    let stale = ctx.now.saturating_sub(base.last_activity)
-        >= i64::try_from(ctx.touch_after).unwrap_or(i64::MAX);
-    if !stale || expires_at <= base.expires_at {
+    // Due when the expiry would move by a whole step (`touch_after`): the
+    // stored expiry is then never more than a step behind the last request.
+    let due = expires_at > base.expires_at && expires_at - base.expires_at >= step;
+    if !due {
         Ok(Plan::Nothing)
     } else if client_side {
         // A cookie carries its expiry inside the seal: resealed.
         Ok(Plan::Save {
             record: record(base.key.clone(), base.version + 1, state.payload.encode()?),
             expected: base.version,
+            in_place: false,
         })
     } else {
         Ok(Plan::Touch {
@@ -424,9 +444,18 @@ pub async fn commit<L: CommitLock>(
                     session.lock().id = crate::SessionId::generate();
                 }
             },
-            Plan::Save { record, expected } => {
+            Plan::Save {
+                record,
+                expected,
+                in_place,
+            } => {
                 attempts += 1;
-                match store.save(&record, expected).await? {
+                let saved = if in_place {
+                    store.save_in_place(&record, expected).await?
+                } else {
+                    store.save(&record, expected).await?
+                };
+                match saved {
                     Cas::Applied => {
                         let expires_at = record.expires_at;
                         session.lock().committed(record);
@@ -595,6 +624,11 @@ mod tests {
         Session::from_loaded(id.clone(), record)
     }
 
+    async fn expiry(store: &dyn SessionStore, id: &SessionId) -> i64 {
+        let record = store.load(&id.storage_key()).await.unwrap();
+        record.expect("stored").expires_at
+    }
+
     async fn stored(store: &dyn SessionStore, id: &SessionId) -> Option<Payload> {
         let record = store.load(&id.storage_key()).await.unwrap()?;
         Some(Payload::decode(&record.payload).unwrap())
@@ -654,6 +688,90 @@ mod tests {
         let payload = stored(&store, &id).await.unwrap();
         assert_eq!(payload.data.get("notice"), None);
         assert_eq!(payload.data.get("other"), Some(&json!(1)));
+    }
+
+    #[tokio::test]
+    async fn the_stored_expiry_moves_in_steps() {
+        let store = MemoryStore::new();
+        let id = seed(&store, json!({"n": 1}), &[]).await;
+        let at = |seconds: i64| CommitContext {
+            now: crate::now() + seconds,
+            ..ctx()
+        };
+        let idle = i64::try_from(ctx().idle_lifetime).unwrap();
+
+        // The seeded expiry is far behind: the first save moves it.
+        let first = at(0);
+        let a = load(&store, &id).await;
+        a.put("n", 2).unwrap();
+        commit(&a, &store, &CommitLocks::default(), &first)
+            .await
+            .unwrap();
+        assert_eq!(expiry(&store, &id).await, first.now + idle);
+
+        // Less than a step later, a save keeps the stored expiry and the
+        // user, so it can be saved in place.
+        let b = load(&store, &id).await;
+        b.put("n", 3).unwrap();
+        let plan_b = plan(&b, &at(30), false).unwrap();
+        assert!(
+            matches!(&plan_b, Plan::Save { record, in_place: true, .. }
+                if record.expires_at == first.now + idle),
+            "{plan_b:?}"
+        );
+        let outcome = commit(&b, &store, &CommitLocks::default(), &at(30)).await;
+        assert_eq!(
+            outcome.unwrap(),
+            Outcome::Send {
+                value: id.as_str().to_owned(),
+                expires_at: first.now + idle
+            },
+            "the cookie says what the store keeps"
+        );
+        assert_eq!(expiry(&store, &id).await, first.now + idle);
+        assert_eq!(
+            stored(&store, &id).await.unwrap().data.get("n"),
+            Some(&json!(3))
+        );
+
+        // A request that only reads is not due before the expiry would move
+        // by a whole step, counted from the stored expiry (not from the
+        // save's last_activity), so the expiry lags by less than one step.
+        let c = load(&store, &id).await;
+        assert!(matches!(plan(&c, &at(59), false).unwrap(), Plan::Nothing));
+        let c = load(&store, &id).await;
+        assert!(matches!(
+            plan(&c, &at(60), false).unwrap(),
+            Plan::Touch { expires_at, .. } if expires_at == first.now + 60 + idle
+        ));
+
+        // A save that sets a user writes the indexed columns.
+        let d = load(&store, &id).await;
+        d.set_user_id("u1");
+        assert!(matches!(
+            plan(&d, &at(30), false).unwrap(),
+            Plan::Save { in_place: false, record, .. } if record.expires_at == first.now + idle
+        ));
+
+        // With no step, every save moves the expiry exactly.
+        let e = load(&store, &id).await;
+        e.put("n", 4).unwrap();
+        let exact = CommitContext {
+            touch_after: 0,
+            ..at(30)
+        };
+        assert!(matches!(
+            plan(&e, &exact, false).unwrap(),
+            Plan::Save { in_place: false, record, .. } if record.expires_at == exact.now + idle
+        ));
+
+        // A shorter lifetime set by the request is never kept back.
+        let f = load(&store, &id).await;
+        f.set_lifetime(Duration::from_secs(600));
+        assert!(matches!(
+            plan(&f, &at(30), false).unwrap(),
+            Plan::Save { in_place: false, record, .. } if record.expires_at == at(30).now + 600
+        ));
     }
 
     #[tokio::test]
