@@ -357,6 +357,11 @@ pub(crate) struct Queries {
     pub(crate) create: String,
     /// `$1`…`$7` the new values, `$8` key, `$9` expected version, `$10` now.
     pub(crate) save: String,
+    /// A save that keeps `expires_at` and `user_id`, so no index is written
+    /// (and PostgreSQL can update in place): `$1` ip_address, `$2`
+    /// user_agent, `$3` payload, `$4` last_activity, `$5` version, `$6` key,
+    /// `$7` expected version, `$8` now.
+    pub(crate) save_in_place: String,
     /// `$1` last_activity, `$2` expires_at (kept when the stored one is
     /// later), `$3` key, `$4` expected version, `$5` now.
     pub(crate) touch: String,
@@ -457,6 +462,19 @@ impl Queries {
                 p(8),
                 p(9),
                 p(10)
+            ),
+            save_in_place: format!(
+                "UPDATE {t} SET ip_address = {}, user_agent = {}, payload = {}, \
+                 last_activity = {}, version = {} \
+                 WHERE id = {} AND version = {} AND expires_at > {}",
+                p(1),
+                p(2),
+                p(3),
+                p(4),
+                p(5),
+                p(6),
+                p(7),
+                p(8)
             ),
             touch: format!(
                 "UPDATE {t} SET last_activity = {}, expires_at = {}(expires_at, {}) \
@@ -839,6 +857,23 @@ macro_rules! impl_store {
                     .bind(record.payload.as_str())
                     .bind(record.last_activity)
                     .bind(record.expires_at)
+                    .bind(record.version)
+                    .bind(record.key.as_str())
+                    .bind(expected_version)
+                    .bind(keepsake_core::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| self.fail("save", e))?
+                    .rows_affected();
+                Ok($crate::common::cas(rows))
+            }
+
+            async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+                let rows = sqlx::query(&self.queries.save_in_place)
+                    .bind(record.ip_address.as_deref())
+                    .bind(record.user_agent.as_deref())
+                    .bind(record.payload.as_str())
+                    .bind(record.last_activity)
                     .bind(record.version)
                     .bind(record.key.as_str())
                     .bind(expected_version)
