@@ -39,22 +39,35 @@ pub(crate) const MAX_GROUP: usize = 64;
 /// connection prepares at most this many grouped statements.
 const GROUP_SIZES: [usize; 6] = [2, 4, 8, 16, 32, MAX_GROUP];
 
-/// The loads of one store (one table) waiting at the same moment, grouped
-/// into one statement; see [`keepsake_core::batch`].
+/// The loads, and the in-place saves, of one store (one table) waiting at
+/// the same moment, each grouped into one statement; see
+/// [`keepsake_core::batch`].
 #[derive(Debug, Default)]
-pub(crate) struct Loads {
-    pub(crate) batcher: Batcher<StorageKey, Option<Record>, sqlx::Error>,
+pub(crate) struct Batches {
+    pub(crate) loads: Batcher<StorageKey, Option<Record>, sqlx::Error>,
+    /// A record to save in place and the version it expects.
+    pub(crate) saves: Batcher<(Record, i64), Cas, sqlx::Error>,
     /// Load statements sent, single-key and grouped (tests count them).
     #[cfg(test)]
     pub(crate) statements: AtomicUsize,
+    /// In-place save statements sent, single and grouped.
+    #[cfg(test)]
+    pub(crate) save_statements: AtomicUsize,
 }
 
-impl Loads {
+impl Batches {
     /// Notes one load statement sent (in tests; nothing otherwise).
     #[allow(clippy::unused_self)]
     pub(crate) fn sent(&self) {
         #[cfg(test)]
         self.statements.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes one in-place save statement sent (in tests; nothing otherwise).
+    #[allow(clippy::unused_self)]
+    pub(crate) fn saved(&self) {
+        #[cfg(test)]
+        self.save_statements.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -121,6 +134,109 @@ impl BindKeys for sqlx::Sqlite {
         padded: usize,
     ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
         bind_each(query, keys, padded)
+    }
+}
+
+/// Binds the rows of a grouped in-place save: one array per column on
+/// PostgreSQL (`unnest`), seven parameters per row of a padded `VALUES`
+/// list on SQLite.
+pub(crate) trait BindSaves: sqlx::Database {
+    /// Binds `saves` (record, expected version), padded up to `padded`
+    /// rows with rows that match no record where the statement has one
+    /// row of parameters per save.
+    fn bind_saves<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        saves: &'q [(Record, i64)],
+        padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>;
+}
+
+#[cfg(feature = "postgres")]
+impl BindSaves for sqlx::Postgres {
+    fn bind_saves<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        saves: &'q [(Record, i64)],
+        _padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
+        let column =
+            |f: fn(&'q (Record, i64)) -> Option<&'q str>| saves.iter().map(f).collect::<Vec<_>>();
+        let numbers = |f: fn(&(Record, i64)) -> i64| saves.iter().map(f).collect::<Vec<_>>();
+        query
+            .bind(
+                saves
+                    .iter()
+                    .map(|(r, _)| r.key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(numbers(|(_, expected)| *expected))
+            .bind(column(|(r, _)| r.ip_address.as_deref()))
+            .bind(column(|(r, _)| r.user_agent.as_deref()))
+            .bind(
+                saves
+                    .iter()
+                    .map(|(r, _)| r.payload.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(numbers(|(r, _)| r.last_activity))
+            .bind(numbers(|(r, _)| r.version))
+    }
+}
+
+/// Seven parameters per save, then padding rows whose empty key matches no
+/// record.
+fn bind_rows<'q, DB>(
+    mut query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    saves: &'q [(Record, i64)],
+    padded: usize,
+) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+    i64: sqlx::Encode<'q, DB> + Type<DB>,
+{
+    for (record, expected) in saves {
+        query = query
+            .bind(record.key.as_str())
+            .bind(*expected)
+            .bind(record.ip_address.as_deref())
+            .bind(record.user_agent.as_deref())
+            .bind(record.payload.as_str())
+            .bind(record.last_activity)
+            .bind(record.version);
+    }
+    for _ in saves.len()..padded {
+        query = query
+            .bind("")
+            .bind(-1_i64)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind("")
+            .bind(0_i64)
+            .bind(0_i64);
+    }
+    query
+}
+
+#[cfg(feature = "mysql")]
+impl BindSaves for sqlx::MySql {
+    fn bind_saves<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        saves: &'q [(Record, i64)],
+        padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
+        bind_rows(query, saves, padded)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl BindSaves for sqlx::Sqlite {
+    fn bind_saves<'q>(
+        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        saves: &'q [(Record, i64)],
+        padded: usize,
+    ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
+        bind_rows(query, saves, padded)
     }
 }
 
@@ -352,6 +468,12 @@ pub(crate) struct Queries {
     /// PostgreSQL one statement, `$1` the keys as an array, `$2` now; on
     /// the others one per size of [`GROUP_SIZES`], the keys and then now.
     load_group: Vec<String>,
+    /// The grouped in-place saves, answered by the ids that applied. On
+    /// PostgreSQL one statement over seven arrays (key, expected version,
+    /// ip_address, user_agent, payload, last_activity, version) and `$8`
+    /// now; on SQLite one per size of [`GROUP_SIZES`], seven parameters per
+    /// row and then now; none on MySQL.
+    save_group: Vec<String>,
     /// `$1`…`$8` the columns; on PostgreSQL and SQLite `$9` now (an expired
     /// row with the same key is replaced in the same statement).
     pub(crate) create: String,
@@ -439,8 +561,46 @@ impl Queries {
                 })
                 .collect(),
         };
+        // In-place saves of several records in one statement, each a
+        // compare-and-swap; RETURNING names the records that applied.
+        // MySQL has no UPDATE … RETURNING: its in-place saves go one by one.
+        let save_group = match dialect {
+            Dialect::Postgres => vec![format!(
+                "UPDATE {t} AS s SET ip_address = v.ip, user_agent = v.ua, payload = v.body, \
+                 last_activity = v.last, version = v.ver \
+                 FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+                 $6::int8[], $7::int8[]) AS v(k, expected, ip, ua, body, last, ver) \
+                 WHERE s.id = v.k AND s.version = v.expected AND s.expires_at > $8 \
+                 RETURNING s.id"
+            )],
+            // A VALUES list's columns are column1 … column7 (key, expected
+            // version, ip_address, user_agent, payload, last_activity,
+            // version).
+            Dialect::Sqlite => GROUP_SIZES
+                .iter()
+                .map(|&n| {
+                    let rows = (0..n)
+                        .map(|row| {
+                            let params = (1..=7).map(|c| p(row * 7 + c)).collect::<Vec<_>>();
+                            format!("({})", params.join(", "))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!(
+                        "UPDATE {t} AS s SET ip_address = v.column3, user_agent = v.column4, \
+                         payload = v.column5, last_activity = v.column6, version = v.column7 \
+                         FROM (VALUES {rows}) AS v \
+                         WHERE s.id = v.column1 AND s.version = v.column2 AND s.expires_at > {} \
+                         RETURNING id",
+                        p(n * 7 + 1)
+                    )
+                })
+                .collect(),
+            Dialect::MySql => Vec::new(),
+        };
         Self {
             load_group,
+            save_group,
             load: format!(
                 "SELECT payload, last_activity, expires_at, version, user_id, ip_address, \
                  user_agent FROM {t} WHERE id = {} AND expires_at > {}",
@@ -523,6 +683,27 @@ impl Queries {
             .unwrap_or(GROUP_SIZES.len() - 1);
         (&self.load_group[at], GROUP_SIZES[at])
     }
+
+    /// The grouped in-place save for `saves` saves (2 to [`MAX_GROUP`])
+    /// and how many rows it takes, or `None` where saves are not grouped.
+    pub(crate) fn save_group(&self, saves: usize) -> Option<(&str, usize)> {
+        match self.save_group.as_slice() {
+            [] => None,
+            [one] => Some((one, saves)),
+            sizes => {
+                let at = GROUP_SIZES
+                    .iter()
+                    .position(|&n| n >= saves)
+                    .unwrap_or(GROUP_SIZES.len() - 1);
+                Some((&sizes[at], GROUP_SIZES[at]))
+            }
+        }
+    }
+
+    /// True where in-place saves are grouped (not on MySQL).
+    pub(crate) fn groups_saves(&self) -> bool {
+        !self.save_group.is_empty()
+    }
 }
 
 /// Matches the records of a batch back to its keys, in order: a key with
@@ -567,7 +748,7 @@ impl Text for Vec<u8> {
     }
 }
 
-fn text<'r, R, T>(row: &'r R, index: usize) -> sqlx::Result<Option<String>>
+pub(crate) fn text<'r, R, T>(row: &'r R, index: usize) -> sqlx::Result<Option<String>>
 where
     R: Row,
     usize: ColumnIndex<R>,
@@ -660,7 +841,7 @@ pub(crate) fn limit(batch: u64) -> i64 {
 
 /// The builder methods and helpers every store has, and its `SessionStore`
 /// implementation. The store type must have the fields `pool`, `queries`
-/// (`Arc<Queries>`), `loads` (`Arc<Loads>`), `table`, `gc_batch_size` and
+/// (`Arc<Queries>`), `loads` (`Arc<Batches>`), `table`, `gc_batch_size` and
 /// `health` (`Option<Arc<Health>>`), and an inherent
 /// `fn table_ref(&self) -> String` (the quoted, possibly qualified, table
 /// name). `$db` is its sqlx database, `$dialect` its [`Dialect`]; `$text`
@@ -685,12 +866,12 @@ macro_rules! impl_store {
             /// batch.
             fn rebuild(&mut self) {
                 self.queries = Arc::new(Queries::new($dialect, &self.table_ref()));
-                self.loads = Arc::default();
+                self.batches = Arc::default();
             }
 
             /// The single-key load statement.
             async fn load_one(&self, key: &StorageKey, now: i64) -> sqlx::Result<Option<Record>> {
-                self.loads.sent();
+                self.batches.sent();
                 let row = sqlx::query(&self.queries.load)
                     .bind(key.as_str())
                     .bind(now)
@@ -721,7 +902,7 @@ macro_rules! impl_store {
                         continue;
                     }
                     let (sql, padded) = self.queries.load_group(group.len());
-                    self.loads.sent();
+                    self.batches.sent();
                     let rows = <$db as $crate::common::BindKeys>::bind_keys(
                         sqlx::query(sql),
                         group,
@@ -739,6 +920,78 @@ macro_rules! impl_store {
                     }
                 }
                 Ok($crate::common::match_records(&keys, found))
+            }
+
+            /// The single in-place save statement.
+            async fn save_one_in_place(&self, record: &Record, expected: i64) -> sqlx::Result<Cas> {
+                self.batches.saved();
+                let rows = sqlx::query(&self.queries.save_in_place)
+                    .bind(record.ip_address.as_deref())
+                    .bind(record.user_agent.as_deref())
+                    .bind(record.payload.as_str())
+                    .bind(record.last_activity)
+                    .bind(record.version)
+                    .bind(record.key.as_str())
+                    .bind(expected)
+                    .bind(keepsake_core::now())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok($crate::common::cas(rows))
+            }
+
+            /// One batch of in-place saves, answered in order: the single
+            /// statement for one, else one grouped statement per
+            /// [`MAX_GROUP`](crate::common::MAX_GROUP) saves. A key saved
+            /// twice in one batch (two layers on one table) is saved by
+            /// itself, after the group, so each answer is its own.
+            async fn save_batch(&self, saves: Vec<(Record, i64)>) -> sqlx::Result<Vec<Cas>> {
+                if let [(record, expected)] = saves.as_slice() {
+                    return Ok(vec![self.save_one_in_place(record, *expected).await?]);
+                }
+                let mut answers = vec![Cas::Conflict; saves.len()];
+                let mut seen = std::collections::HashSet::with_capacity(saves.len());
+                let (grouped, alone): (Vec<usize>, Vec<usize>) =
+                    (0..saves.len()).partition(|&i| seen.insert(saves[i].0.key.as_str()));
+                let now = keepsake_core::now();
+                for chunk in grouped.chunks($crate::common::MAX_GROUP) {
+                    if let [i] = chunk {
+                        answers[*i] = self.save_one_in_place(&saves[*i].0, saves[*i].1).await?;
+                        continue;
+                    }
+                    let rows: Vec<(Record, i64)> =
+                        chunk.iter().map(|&i| saves[i].clone()).collect();
+                    let Some((sql, padded)) = self.queries.save_group(rows.len()) else {
+                        for &i in chunk {
+                            answers[i] = self.save_one_in_place(&saves[i].0, saves[i].1).await?;
+                        }
+                        continue;
+                    };
+                    self.batches.saved();
+                    let returned = <$db as $crate::common::BindSaves>::bind_saves(
+                        sqlx::query(sql),
+                        &rows,
+                        padded,
+                    )
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut applied = std::collections::HashSet::with_capacity(returned.len());
+                    for row in &returned {
+                        if let Some(id) = $crate::common::text::<_, $text>(row, 0)? {
+                            applied.insert(id);
+                        }
+                    }
+                    for &i in chunk {
+                        if applied.contains(saves[i].0.key.as_str()) {
+                            answers[i] = Cas::Applied;
+                        }
+                    }
+                }
+                for i in alone {
+                    answers[i] = self.save_one_in_place(&saves[i].0, saves[i].1).await?;
+                }
+                Ok(answers)
             }
 
             /// The insert-if-absent of `create`. PostgreSQL and SQLite
@@ -833,8 +1086,8 @@ macro_rules! impl_store {
             /// Grouped with the loads waiting at the same moment (see
             /// [`keepsake_core::batch`]): one statement for all of them.
             async fn load(&self, key: &StorageKey) -> Result<Option<Record>> {
-                self.loads
-                    .batcher
+                self.batches
+                    .loads
                     .run(key.clone(), |keys| self.load_batch(keys))
                     .await
                     .map_err(|e| {
@@ -868,21 +1121,27 @@ macro_rules! impl_store {
                 Ok($crate::common::cas(rows))
             }
 
+            /// Grouped with the in-place saves waiting at the same moment
+            /// (not on MySQL): one statement for all of them.
             async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
-                let rows = sqlx::query(&self.queries.save_in_place)
-                    .bind(record.ip_address.as_deref())
-                    .bind(record.user_agent.as_deref())
-                    .bind(record.payload.as_str())
-                    .bind(record.last_activity)
-                    .bind(record.version)
-                    .bind(record.key.as_str())
-                    .bind(expected_version)
-                    .bind(keepsake_core::now())
-                    .execute(&self.pool)
+                if !self.queries.groups_saves() {
+                    return self
+                        .save_one_in_place(record, expected_version)
+                        .await
+                        .map_err(|e| self.fail("save", e));
+                }
+                self.batches
+                    .saves
+                    .run((record.clone(), expected_version), |saves| {
+                        self.save_batch(saves)
+                    })
                     .await
-                    .map_err(|e| self.fail("save", e))?
-                    .rows_affected();
-                Ok($crate::common::cas(rows))
+                    .map_err(|e| {
+                        if let Some(health) = &self.health {
+                            health.record_failure();
+                        }
+                        Error::backend($kind, "save", keepsake_core::batch::unshare(e))
+                    })
             }
 
             async fn touch(

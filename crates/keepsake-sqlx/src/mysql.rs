@@ -7,8 +7,8 @@ use sqlx::MySqlPool;
 use sqlx::migrate::Migrator;
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Loads, Queries, impl_store, index_name,
-    pool_options, render_migration, retired_indexes,
+    Batches, DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store,
+    index_name, pool_options, render_migration, retired_indexes,
 };
 
 const KIND: &str = "mysql";
@@ -45,7 +45,7 @@ pub struct MySqlStore {
     pool: MySqlPool,
     table: String,
     queries: Arc<Queries>,
-    pub(crate) loads: Arc<Loads>,
+    pub(crate) batches: Arc<Batches>,
     gc_batch_size: u64,
     health: Option<Arc<Health>>,
 }
@@ -85,7 +85,7 @@ impl MySqlStore {
                 Dialect::MySql,
                 &Dialect::MySql.quote(DEFAULT_TABLE),
             )),
-            loads: Arc::default(),
+            batches: Arc::default(),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }

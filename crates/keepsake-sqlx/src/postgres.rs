@@ -7,8 +7,8 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Loads, Queries, impl_store, index_name,
-    pool_options, render_migration, retired_indexes, validate_name,
+    Batches, DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store,
+    index_name, pool_options, render_migration, retired_indexes, validate_name,
 };
 
 const KIND: &str = "postgres";
@@ -37,7 +37,7 @@ pub struct PostgresStore {
     table: String,
     schema: Option<String>,
     queries: Arc<Queries>,
-    pub(crate) loads: Arc<Loads>,
+    pub(crate) batches: Arc<Batches>,
     gc_batch_size: u64,
     health: Option<Arc<Health>>,
 }
@@ -79,7 +79,7 @@ impl PostgresStore {
                 Dialect::Postgres,
                 &table_ref(None, DEFAULT_TABLE),
             )),
-            loads: Arc::default(),
+            batches: Arc::default(),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }

@@ -10,8 +10,8 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::common::{
-    DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Loads, Queries, impl_store, index_name,
-    render_migration, retired_indexes,
+    Batches, DEFAULT_GC_BATCH_SIZE, DEFAULT_TABLE, Dialect, Health, Queries, impl_store,
+    index_name, render_migration, retired_indexes,
 };
 
 const KIND: &str = "sqlite";
@@ -42,7 +42,7 @@ pub struct SqliteStore {
     pool: SqlitePool,
     table: String,
     queries: Arc<Queries>,
-    pub(crate) loads: Arc<Loads>,
+    pub(crate) batches: Arc<Batches>,
     gc_batch_size: u64,
     health: Option<Arc<Health>>,
 }
@@ -98,7 +98,7 @@ impl SqliteStore {
                 Dialect::Sqlite,
                 &Dialect::Sqlite.quote(DEFAULT_TABLE),
             )),
-            loads: Arc::default(),
+            batches: Arc::default(),
             gc_batch_size: DEFAULT_GC_BATCH_SIZE,
             health: None,
         }
