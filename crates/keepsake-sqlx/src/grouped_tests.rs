@@ -1,6 +1,7 @@
-//! Grouped loads against each backend (SQLite in memory always, PostgreSQL
-//! and MySQL when their test servers are set): answers, grouping and errors.
-//! Here rather than in `tests/` because they count the statements sent.
+//! Grouped loads and saves against each backend (SQLite in memory always,
+//! PostgreSQL and MySQL when their test servers are set): answers, grouping
+//! and errors. Here rather than in `tests/` because they count the
+//! statements sent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -101,13 +101,14 @@
 //! | `load` | `SELECT … WHERE id = ? AND expires_at > now`; loads waiting at the same moment go together as `WHERE id = ANY(?)` (PostgreSQL) or `WHERE id IN (?, …)`, up to 64 keys a statement (see below) |
 //! | `create` | `INSERT … ON CONFLICT (id) DO UPDATE … WHERE expires_at <= now`: a live row is never overwritten (0 rows: `Cas::Conflict`), an expired one not yet collected is replaced. MySQL: a plain `INSERT`, and a duplicate key is `Cas::Conflict` |
 //! | `save` | `UPDATE … WHERE id = ? AND version = ? AND expires_at > now`; 0 rows is `Cas::Conflict`, and a destroyed or expired record is never re-inserted |
+//! | `save_in_place` | the same `UPDATE` without `expires_at` and `user_id`, so no index is written (most saves: the layer moves a stored expiry in steps); saves waiting at the same moment go together as `UPDATE … FROM unnest(…) RETURNING id` (PostgreSQL) or `UPDATE … FROM (VALUES …) RETURNING id` (SQLite), each still a compare-and-swap at its own version. MySQL has no `UPDATE … RETURNING`: one statement each |
 //! | `touch` | `UPDATE` of `last_activity` and `expires_at` only (`GREATEST`/`MAX` with the stored expiry, so it never moves back), of a live row `WHERE version = ?`; 0 rows is `Cas::Conflict` |
 //! | `destroy` | `DELETE … WHERE id = ?` |
 //! | `list_for_user` | `SELECT … WHERE user_id = ? AND expires_at > now ORDER BY last_activity DESC, id` |
 //! | `destroy_for_user` | `DELETE … WHERE user_id = ? [AND id <> ?]` (expired rows of the user go too) |
 //! | `gc` | `DELETE` of at most one batch of expired rows per statement, repeated until a batch comes back short |
 //!
-//! # Grouped loads
+//! # Grouped loads and saves
 //!
 //! A load that finds no other load of the same store in flight goes out at
 //! once, as the single-key statement, so a lone request waits for nothing.
@@ -118,6 +119,11 @@
 //! one statement instead of dozens. When a grouped statement fails, every
 //! load in it gets that error. Each table (each `with_table_name`) groups
 //! its own loads; clones of a store share theirs.
+//!
+//! In-place saves are grouped the same way on PostgreSQL and SQLite: one
+//! statement for the saves waiting at the same moment (up to 64), whose
+//! `RETURNING` list names the records that were at their expected version.
+//! On SQLite that is also one write transaction for all of them.
 //!
 //! `gc` deletes in batches so that it never holds long locks; each store
 //! also has `gc_with_progress` to report the running total after each batch.
