@@ -111,6 +111,39 @@ return {1}
     ))
 });
 
+/// Compare-and-swap on `version` of a save that keeps the stored expiry and
+/// owner (`SessionStore::save_in_place`): writes the payload, version and
+/// last_activity, and ip_address and user_agent (`+value`, or `-` when
+/// absent), and leaves the key's TTL and the owner's index alone. `ARGV` =
+/// payload, version, last_activity, ip_address, user_agent, expected
+/// version. Returns 1 when applied, 0 on conflict (a missing key included).
+pub(crate) static SAVE_IN_PLACE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[6] then
+  return 0
+end
+local fields = {'payload', ARGV[1], 'version', ARGV[2], 'last_activity', ARGV[3]}
+local absent = {}
+local names = {'ip_address', 'user_agent'}
+for i = 1, 2 do
+  local v = ARGV[3 + i]
+  if string.byte(v, 1) == 43 then
+    fields[#fields + 1] = names[i]
+    fields[#fields + 1] = string.sub(v, 2)
+  else
+    absent[#absent + 1] = names[i]
+  end
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+if #absent > 0 then
+  redis.call('HDEL', KEYS[1], unpack(absent))
+end
+return 1
+"#,
+    )
+});
+
 /// Moves the expiry of an existing record at the expected version: `ARGV` =
 /// last_activity, expires_at, expires_at in ms, expected version. Never
 /// creates the key, and never moves the expiry backwards. Returns `{0}` when

@@ -558,6 +558,27 @@ impl SessionStore for RedisStore {
         Ok(Cas::Applied)
     }
 
+    /// One script, on the session's key only: no `PEXPIREAT` and no index
+    /// update, since the expiry and the owner stay as stored.
+    async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
+        let applied: i64 = scripts::SAVE_IN_PLACE
+            .key(self.session_key(&record.key))
+            .arg(&record.payload)
+            .arg(record.version)
+            .arg(record.last_activity)
+            .arg(optional(record.ip_address.as_deref()))
+            .arg(optional(record.user_agent.as_deref()))
+            .arg(expected_version)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| Error::backend(KIND, "save", e))?;
+        Ok(if applied == 1 {
+            Cas::Applied
+        } else {
+            Cas::Conflict
+        })
+    }
+
     /// One script that moves `last_activity`, `expires_at` and the key's
     /// `PEXPIREAT` of an existing hash at the expected version (a missing one
     /// stays missing, and the expiry never moves backwards). For a session
