@@ -164,8 +164,8 @@ where
     }
     // A second save of five keys at the version the first one expects: at
     // most one of the two applies, and it is saved by itself.
-    for i in 0..5 {
-        let mut again = live[i].clone();
+    for first in &live[..5] {
+        let mut again = first.clone();
         again.payload = r#"{"d":{"again":true}}"#.to_owned();
         again.version = 2;
         saves.push((again, 1));
