@@ -206,6 +206,18 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     {
         (**self).save(record, expected_version)
     }
+    fn save_in_place<'a, 'b, 'f>(
+        &'a self,
+        record: &'b Record,
+        expected_version: i64,
+    ) -> StoreFuture<'f, Cas>
+    where
+        'a: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).save_in_place(record, expected_version)
+    }
     fn touch<'a, 'b, 'f>(
         &'a self,
         key: &'b StorageKey,
