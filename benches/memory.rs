@@ -54,8 +54,10 @@ fn measure(build: impl FnOnce() -> Box<dyn std::any::Any>) -> Measured {
     let kept = build();
     let change = region.change();
     let rss_after = rss();
-    let net = change.bytes_allocated as i64 - change.bytes_deallocated as i64
-        + change.bytes_reallocated as i64;
+    // A `realloc` is already counted in `bytes_allocated` (growth) or
+    // `bytes_deallocated` (shrinking); `bytes_reallocated` is the same
+    // difference again, so adding it would count a growing `Vec` twice.
+    let net = change.bytes_allocated as i64 - change.bytes_deallocated as i64;
     drop(kept);
     Measured {
         heap: net as f64 / SESSIONS as f64,
