@@ -1269,76 +1269,14 @@ async fn migrate_moves_the_session_and_keeps_the_token() {
     stale.session().await.assert_missing("user");
 }
 
-/// Counts plain and in-place saves apart, passing both through.
-#[derive(Debug, Default)]
-struct SaveKinds {
-    inner: MemoryStore,
-    saves: std::sync::atomic::AtomicUsize,
-    in_place: std::sync::atomic::AtomicUsize,
-}
-
-#[keepsake::async_trait]
-impl SessionStore for SaveKinds {
-    async fn load(&self, key: &keepsake::StorageKey) -> keepsake::Result<Option<keepsake::Record>> {
-        self.inner.load(key).await
-    }
-    async fn create(&self, record: &keepsake::Record) -> keepsake::Result<keepsake::Cas> {
-        self.inner.create(record).await
-    }
-    async fn save(
-        &self,
-        record: &keepsake::Record,
-        expected: i64,
-    ) -> keepsake::Result<keepsake::Cas> {
-        self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.save(record, expected).await
-    }
-    async fn save_in_place(
-        &self,
-        record: &keepsake::Record,
-        expected: i64,
-    ) -> keepsake::Result<keepsake::Cas> {
-        self.in_place
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.save_in_place(record, expected).await
-    }
-    async fn touch(
-        &self,
-        key: &keepsake::StorageKey,
-        version: i64,
-        last: i64,
-        expires: i64,
-    ) -> keepsake::Result<keepsake::Cas> {
-        self.inner.touch(key, version, last, expires).await
-    }
-    async fn destroy(&self, key: &keepsake::StorageKey) -> keepsake::Result<()> {
-        self.inner.destroy(key).await
-    }
-    async fn gc(&self, now: i64) -> keepsake::Result<u64> {
-        self.inner.gc(now).await
-    }
-    async fn list_for_user(&self, user: &str) -> keepsake::Result<Vec<keepsake::SessionInfo>> {
-        self.inner.list_for_user(user).await
-    }
-    async fn destroy_for_user(
-        &self,
-        user: &str,
-        except: Option<&keepsake::StorageKey>,
-    ) -> keepsake::Result<u64> {
-        self.inner.destroy_for_user(user, except).await
-    }
-    fn kind(&self) -> &'static str {
-        "save-kinds"
-    }
-}
-
 #[tokio::test]
 async fn a_shared_store_gets_in_place_saves() {
     // A store behind an `Arc` (as `from_arc` and `Arc<dyn SessionStore>`
     // take it) must see the in-place saves the commit plans, not their
     // plain fallback: the SQL stores write no indexed column in them.
-    let store = Arc::new(SaveKinds::default());
-    let shared: Arc<dyn SessionStore> = Arc::clone(&store) as Arc<dyn SessionStore>;
+    let store = Counting::new(MemoryStore::new());
+    let calls = Arc::clone(&store.calls);
+    let shared: Arc<dyn SessionStore> = Arc::new(store);
     let layers = [
         SessionLayer::from_arc(Arc::clone(&shared)),
         SessionLayer::new(Arc::clone(&shared)),
@@ -1346,16 +1284,12 @@ async fn a_shared_store_gets_in_place_saves() {
     for layer in layers {
         let c = TestClient::new(app(), layer.with_lottery(0, 1));
         c.post("/incr", &[]).await.assert_status(200);
-        let (saves, in_place) = (
-            store.saves.load(std::sync::atomic::Ordering::SeqCst),
-            store.in_place.load(std::sync::atomic::Ordering::SeqCst),
-        );
+        let before = calls[common::IN_PLACE].load(std::sync::atomic::Ordering::SeqCst);
         c.post("/incr", &[]).await.assert_status(200);
         c.post("/incr", &[]).await.assert_status(200);
-        assert_eq!(store.saves.load(std::sync::atomic::Ordering::SeqCst), saves);
         assert_eq!(
-            store.in_place.load(std::sync::atomic::Ordering::SeqCst),
-            in_place + 2
+            calls[common::IN_PLACE].load(std::sync::atomic::Ordering::SeqCst),
+            before + 2
         );
     }
 }

@@ -213,6 +213,9 @@ pub const SAVE: usize = 2;
 pub const TOUCH: usize = 3;
 pub const DESTROY: usize = 4;
 pub const GC: usize = 5;
+/// In-place saves, counted here and among the saves (`SAVE`) too; not part
+/// of `counts` or `total`.
+pub const IN_PLACE: usize = 6;
 
 impl<S> Counting<S> {
     pub fn new(inner: S) -> Self {
@@ -242,6 +245,11 @@ impl<S: SessionStore> SessionStore for Counting<S> {
     async fn save(&self, record: &Record, expected: i64) -> keepsake::Result<Cas> {
         self.calls[SAVE].fetch_add(1, Ordering::SeqCst);
         self.inner.save(record, expected).await
+    }
+    async fn save_in_place(&self, record: &Record, expected: i64) -> keepsake::Result<Cas> {
+        self.calls[SAVE].fetch_add(1, Ordering::SeqCst);
+        self.calls[IN_PLACE].fetch_add(1, Ordering::SeqCst);
+        self.inner.save_in_place(record, expected).await
     }
     async fn touch(
         &self,
