@@ -71,6 +71,14 @@
 //! Scripts run by `EVALSHA` and fall back to loading the script when the
 //! server does not know it (after a restart or failover).
 //!
+//! On a single node the script calls are grouped the way loads are: calls
+//! that arrive while another is in flight (of any script, for any session)
+//! go out together as one pipeline of `EVALSHA`s. Each is still its own
+//! atomic script with its own answer; a script that fails on the server
+//! fails only its own call, and a failed round trip fails every call in it.
+//! Redis then spends its per-round-trip socket work once per pipeline
+//! instead of once per save. On a cluster each call is its own command.
+//!
 //! On a single node the owner's index set is updated inside the same script
 //! as the session. Keeping the index exact costs one more command in the
 //! rarer cases: a `save` that changes the owner (removing the entry from the

@@ -12,7 +12,9 @@ use keepsake_core::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, RedisResult, ScriptInvocation, Value};
+use redis::{
+    ErrorKind, FromRedisValue, RedisError, RedisResult, ScriptInvocation, ServerErrorKind, Value,
+};
 use sha2::{Digest as _, Sha256};
 
 use crate::conn::Conn;
@@ -69,6 +71,9 @@ pub struct RedisStore {
     /// The loads waiting at the same moment, sent as one pipeline (single
     /// node only).
     loads: Arc<Loads>,
+    /// The script calls waiting at the same moment, sent as one pipeline
+    /// (single node only).
+    writes: Arc<Writes>,
 }
 
 /// The fields of one session as `HMGET` returns them.
@@ -85,6 +90,30 @@ struct Loads {
 }
 
 impl Loads {
+    /// Notes one round trip sent (in tests; nothing otherwise).
+    #[allow(clippy::unused_self)]
+    fn sent(&self) {
+        #[cfg(test)]
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One script call waiting for the next pipeline of writes. Each carries
+/// its own keys, so calls under different prefixes may share a pipeline.
+type Call = Arc<ScriptInvocation<'static>>;
+
+/// The grouped writes of one store: a batcher whose batches are pipelines
+/// of `EVALSHA`s, each answered on its own.
+#[derive(Debug, Default)]
+struct Writes {
+    batcher: Batcher<Call, RedisResult<Value>, RedisError>,
+    /// Round trips sent for writes (tests count them).
+    #[cfg(test)]
+    round_trips: std::sync::atomic::AtomicUsize,
+}
+
+impl Writes {
     /// Notes one round trip sent (in tests; nothing otherwise).
     #[allow(clippy::unused_self)]
     fn sent(&self) {
@@ -167,6 +196,7 @@ impl RedisStore {
             conn: Conn::Single(manager),
             prefix: DEFAULT_PREFIX.into(),
             loads: Arc::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -177,6 +207,7 @@ impl RedisStore {
             conn: Conn::Cluster(connection),
             prefix: DEFAULT_PREFIX.into(),
             loads: Arc::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -341,6 +372,58 @@ impl RedisStore {
         }
         self.loads.sent();
         pipe.query_async(&mut self.conn()).await
+    }
+
+    /// Runs one of the scripts. On a single node, the calls waiting at the
+    /// same moment (of any script, for any session) go out together as one
+    /// pipeline; on a cluster, where a pipeline must stay within one slot,
+    /// each call is its own command. A failure of the round trip fails
+    /// every call in it; an error of one script fails only its own call.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        invocation: ScriptInvocation<'static>,
+        operation: &'static str,
+    ) -> Result<T> {
+        let fail = |e: RedisError| Error::backend(KIND, operation, e);
+        let value = if self.is_cluster() {
+            invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(fail)?
+        } else {
+            self.writes
+                .batcher
+                .run(Arc::new(invocation), |calls| self.write_batch(calls))
+                .await
+                .map_err(|e| Error::backend(KIND, operation, unshare(e)))?
+                .map_err(fail)?
+        };
+        redis::from_redis_value(value).map_err(|e| fail(e.into()))
+    }
+
+    /// One batch of script calls on a single node: one `EVALSHA`, or a
+    /// pipeline of them in one round trip. A script the server does not
+    /// hold (after a restart or `SCRIPT FLUSH`) fails only its own calls in
+    /// the pipeline; those are run again one by one, which loads it.
+    async fn write_batch(&self, calls: Vec<Call>) -> RedisResult<Vec<RedisResult<Value>>> {
+        if let [call] = calls.as_slice() {
+            self.writes.sent();
+            return Ok(vec![call.invoke_async(&mut self.conn()).await]);
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for call in &calls {
+            pipe.invoke_script(call);
+        }
+        self.writes.sent();
+        let mut answers: Vec<RedisResult<Value>> = pipe.query_async(&mut self.conn()).await?;
+        for (call, answer) in calls.iter().zip(&mut answers) {
+            if matches!(answer, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+            {
+                *answer = call.invoke_async(&mut self.conn()).await;
+            }
+        }
+        Ok(answers)
     }
 
     async fn load_many(&self, keys: &[StorageKey]) -> RedisResult<Vec<Vec<Option<Vec<u8>>>>> {
@@ -519,10 +602,7 @@ impl SessionStore for RedisStore {
             .invocation(&scripts::CREATE, record)
             .await
             .map_err(fail)?;
-        let applied: i64 = invocation
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(fail)?;
+        let applied: i64 = self.eval(invocation, "create").await?;
         Ok(if applied == 1 {
             Cas::Applied
         } else {
@@ -541,10 +621,7 @@ impl SessionStore for RedisStore {
             .await
             .map_err(fail)?;
         invocation.arg(expected_version);
-        let reply: Vec<Value> = invocation
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(fail)?;
+        let reply: Vec<Value> = self.eval(invocation, "save").await?;
         if !matches!(reply.first(), Some(Value::Int(1))) {
             return Ok(Cas::Conflict);
         }
@@ -561,17 +638,15 @@ impl SessionStore for RedisStore {
     /// One script, on the session's key only: no `PEXPIREAT` and no index
     /// update, since the expiry and the owner stay as stored.
     async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
-        let applied: i64 = scripts::SAVE_IN_PLACE
-            .key(self.session_key(&record.key))
+        let mut invocation = scripts::SAVE_IN_PLACE.key(self.session_key(&record.key));
+        invocation
             .arg(&record.payload)
             .arg(record.version)
             .arg(record.last_activity)
             .arg(optional(record.ip_address.as_deref()))
             .arg(optional(record.user_agent.as_deref()))
-            .arg(expected_version)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| Error::backend(KIND, "save", e))?;
+            .arg(expected_version);
+        let applied: i64 = self.eval(invocation, "save").await?;
         Ok(if applied == 1 {
             Cas::Applied
         } else {
@@ -594,15 +669,13 @@ impl SessionStore for RedisStore {
         let fail = |e: RedisError| Error::backend(KIND, "touch", e);
         let now_ms = now_millis();
         let exp_ms = millis(expires_at);
-        let reply: Vec<Value> = scripts::TOUCH
-            .key(self.session_key(key))
+        let mut invocation = scripts::TOUCH.key(self.session_key(key));
+        invocation
             .arg(last_activity)
             .arg(expires_at)
             .arg(exp_ms)
-            .arg(expected_version)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(fail)?;
+            .arg(expected_version);
+        let reply: Vec<Value> = self.eval(invocation, "touch").await?;
         if !matches!(reply.first(), Some(Value::Int(1))) {
             return Ok(Cas::Conflict);
         }
@@ -617,12 +690,9 @@ impl SessionStore for RedisStore {
     /// returns its owner; for a session with an owner, a second command
     /// removes it from the owner's index.
     async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
-        let reply: Vec<Value> = scripts::RETIRE
-            .key(self.session_key(key))
-            .arg(expected_version)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| Error::backend(KIND, "retire", e))?;
+        let mut invocation = scripts::RETIRE.key(self.session_key(key));
+        invocation.arg(expected_version);
+        let reply: Vec<Value> = self.eval(invocation, "retire").await?;
         if !matches!(reply.first(), Some(Value::Int(1))) {
             return Ok(Cas::Conflict);
         }
@@ -637,11 +707,9 @@ impl SessionStore for RedisStore {
     /// One script that deletes the hash and returns its owner; for a session
     /// with an owner, a second command removes it from the owner's index.
     async fn destroy(&self, key: &StorageKey) -> Result<()> {
-        let owner: Value = scripts::DESTROY
-            .key(self.session_key(key))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| Error::backend(KIND, "destroy", e))?;
+        let owner: Value = self
+            .eval(scripts::DESTROY.key(self.session_key(key)), "destroy")
+            .await?;
         if let Some(owner) = bytes(&owner) {
             let set = self.user_key(&owner);
             self.unindex(&set, &[key.as_str().as_bytes().to_vec()], "destroy")
@@ -838,6 +906,30 @@ mod tests {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn write_round_trips(store: &RedisStore) -> usize {
+        store
+            .writes
+            .round_trips
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Saves every record in place at once, each on its own task, each
+    /// expecting the version paired with it.
+    async fn save_all(store: &RedisStore, saves: &[(Record, i64)]) -> Vec<Result<Cas>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (record, expected)) in saves.iter().enumerate() {
+            let store = store.clone();
+            let (record, expected) = (record.clone(), *expected);
+            tasks.spawn(async move { (i, store.save_in_place(&record, expected).await) });
+        }
+        let mut answers: Vec<_> = (0..saves.len()).map(|_| None).collect();
+        while let Some(done) = tasks.join_next().await {
+            let (i, answer) = done.unwrap();
+            answers[i] = Some(answer);
+        }
+        answers.into_iter().map(Option::unwrap).collect()
+    }
+
     /// A store on the test server with a prefix of its own.
     async fn test_store() -> Option<RedisStore> {
         let url = keepsake_core::test_kit::server_url("KEEPSAKE_TEST_REDIS_URL")?;
@@ -996,6 +1088,153 @@ mod tests {
         clean(&store).await;
     }
 
+    /// 80 in-place saves at once, a quarter of them at a stale version and
+    /// a few for sessions that are gone: each is its own compare-and-swap
+    /// (applied or conflict, and only the applied ones change the record),
+    /// in far fewer round trips than saves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saves_waiting_together_go_out_as_one_pipeline() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let mut saves = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..80 {
+            let mut record = keepsake_core::test_kit::record(r#"{"d":{}}"#);
+            if i % 10 != 9 {
+                assert_eq!(store.create(&record).await.unwrap(), Cas::Applied);
+            }
+            let stored = record.version;
+            record.payload = format!(r#"{{"d":{{"n":{i}}}}}"#);
+            record.version = stored + 1;
+            let (at, outcome) = match i % 10 {
+                9 => (stored, Cas::Conflict),
+                n if n % 4 == 0 => (stored + 7, Cas::Conflict),
+                _ => (stored, Cas::Applied),
+            };
+            saves.push((record, at));
+            expected.push(outcome);
+        }
+        let before = write_round_trips(&store);
+        let answers = save_all(&store, &saves).await;
+        let sent = write_round_trips(&store) - before;
+        for (((record, _), answer), outcome) in saves.iter().zip(answers).zip(expected) {
+            assert_eq!(answer.unwrap(), outcome);
+            let stored = store.load(&record.key).await.unwrap();
+            match outcome {
+                Cas::Applied => assert_eq!(stored.as_ref(), Some(record)),
+                Cas::Conflict => assert_ne!(stored.as_ref(), Some(record)),
+            }
+        }
+        assert!(sent < saves.len() / 2, "{sent} round trips for 80 saves");
+
+        let (record, at) = saves[1].clone();
+        let mut next = record.clone();
+        next.version = record.version + 1;
+        let before = write_round_trips(&store);
+        assert_eq!(
+            store.save_in_place(&next, at + 1).await.unwrap(),
+            Cas::Applied
+        );
+        assert_eq!(
+            write_round_trips(&store) - before,
+            1,
+            "a lone save is one EVALSHA"
+        );
+        clean(&store).await;
+    }
+
+    /// A script call that fails on the server (here: the key holds a
+    /// string) fails alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_script_fails_only_its_own_call() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let mut bad = keepsake_core::test_kit::record("{}");
+        let _: () = redis::cmd("SET")
+            .arg(store.session_key(&bad.key))
+            .arg("not a hash")
+            .query_async(&mut store.conn())
+            .await
+            .unwrap();
+        bad.version += 1;
+        let mut saves = Vec::new();
+        for _ in 0..30 {
+            let mut record = keepsake_core::test_kit::record("{}");
+            assert_eq!(store.create(&record).await.unwrap(), Cas::Applied);
+            record.version += 1;
+            saves.push((record, 1));
+        }
+        for at in [0, 10, 20, 33] {
+            saves.insert(at, (bad.clone(), 1));
+        }
+        let before = write_round_trips(&store);
+        let answers = save_all(&store, &saves).await;
+        assert!(write_round_trips(&store) - before < saves.len() / 2);
+        for ((record, _), answer) in saves.iter().zip(answers) {
+            if record.key == bad.key {
+                assert!(
+                    matches!(
+                        answer,
+                        Err(Error::Backend {
+                            operation: "save",
+                            ..
+                        })
+                    ),
+                    "{answer:?}"
+                );
+            } else {
+                assert_eq!(answer.unwrap(), Cas::Applied);
+                assert_eq!(
+                    store.load(&record.key).await.unwrap().as_ref(),
+                    Some(record)
+                );
+            }
+        }
+        clean(&store).await;
+    }
+
+    /// A pipeline of calls to a script the server has lost (after a
+    /// restart or `SCRIPT FLUSH`) loads it again and answers every call.
+    #[tokio::test]
+    async fn a_pipeline_survives_a_flushed_script() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let mut calls = Vec::new();
+        let mut records = Vec::new();
+        for _ in 0..3 {
+            let mut record = keepsake_core::test_kit::record("{}");
+            assert_eq!(store.create(&record).await.unwrap(), Cas::Applied);
+            record.version += 1;
+            let mut invocation = scripts::SAVE_IN_PLACE.key(store.session_key(&record.key));
+            invocation
+                .arg(&record.payload)
+                .arg(record.version)
+                .arg(record.last_activity)
+                .arg("-")
+                .arg("-")
+                .arg(1);
+            calls.push(Arc::new(invocation));
+            records.push(record);
+        }
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut store.conn())
+            .await
+            .unwrap();
+        let answers = store.write_batch(calls).await.unwrap();
+        for (answer, record) in answers.into_iter().zip(&records) {
+            assert_eq!(answer.unwrap(), Value::Int(1));
+            assert_eq!(
+                store.load(&record.key).await.unwrap().as_ref(),
+                Some(record)
+            );
+        }
+        clean(&store).await;
+    }
+
     #[tokio::test]
     async fn each_prefix_has_its_own_batcher() {
         let Some(store) = test_store().await else {
@@ -1008,10 +1247,10 @@ mod tests {
     }
 
     /// A round trip that fails (here: the server paused past the response
-    /// timeout) fails every load of its pipeline. Runs a `redis-server` of
+    /// timeout) fails every load and every save of its pipeline. Runs a `redis-server` of
     /// its own, so that pausing it disturbs nothing else.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_round_trip_fails_every_load_in_it() {
+    async fn a_failed_round_trip_fails_every_call_in_it() {
         let binary = std::env::var("KEEPSAKE_TEST_REDIS_SERVER")
             .unwrap_or_else(|_| "redis-server".to_owned());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1061,12 +1300,34 @@ mod tests {
             .query_async(&mut admin)
             .await
             .unwrap();
-        let before = round_trips(&store);
-        let answers = load_all(&store, &keys).await;
-        let sent = round_trips(&store) - before;
+        let saves: Vec<(Record, i64)> = (0..40)
+            .map(|_| (keepsake_core::test_kit::record("{}"), 1))
+            .collect();
+        let before = (round_trips(&store), write_round_trips(&store));
+        let (answers, saved) = tokio::join!(load_all(&store, &keys), save_all(&store, &saves));
+        let sent = round_trips(&store) - before.0;
+        let writes_sent = write_round_trips(&store) - before.1;
         let _ = child.kill();
         let _ = child.wait();
         assert!(sent < keys.len() / 2, "{sent} round trips for 40 loads");
+        assert!(
+            writes_sent < saves.len() / 2,
+            "{writes_sent} round trips for 40 saves"
+        );
+        for answer in saved {
+            let error = answer.unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    Error::Backend {
+                        store: "redis",
+                        operation: "save",
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+        }
         for answer in answers {
             let error = answer.unwrap_err();
             assert!(
