@@ -70,26 +70,37 @@ pub struct RedisStore {
     prefix: Arc<str>,
     /// The loads waiting at the same moment, sent as one pipeline (single
     /// node only).
-    loads: Arc<Loads>,
+    loads: Arc<Grouped<StorageKey, Fields>>,
     /// The script calls waiting at the same moment, sent as one pipeline
     /// (single node only).
-    writes: Arc<Writes>,
+    writes: Arc<Grouped<Call, Value>>,
 }
 
 /// The fields of one session as `HMGET` returns them.
 type Fields = Vec<Option<Vec<u8>>>;
 
-/// The grouped loads of one store (one prefix): a batcher whose batches
-/// are pipelines of `HMGET`s, each answered on its own.
-#[derive(Debug, Default)]
-struct Loads {
-    batcher: Batcher<StorageKey, RedisResult<Fields>, RedisError>,
-    /// Round trips sent for loads (tests count them).
+/// Requests of one kind waiting at the same moment, sent as one pipeline
+/// whose commands are each answered on their own: the loads of one store
+/// (one prefix, `HMGET`s) or its script calls (`EVALSHA`s).
+#[derive(Debug)]
+struct Grouped<K, V> {
+    batcher: Batcher<K, RedisResult<V>, RedisError>,
+    /// Round trips sent (tests count them).
     #[cfg(test)]
     round_trips: std::sync::atomic::AtomicUsize,
 }
 
-impl Loads {
+impl<K, V> Default for Grouped<K, V> {
+    fn default() -> Self {
+        Self {
+            batcher: Batcher::new(),
+            #[cfg(test)]
+            round_trips: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<K, V> Grouped<K, V> {
     /// Notes one round trip sent (in tests; nothing otherwise).
     #[allow(clippy::unused_self)]
     fn sent(&self) {
@@ -99,29 +110,9 @@ impl Loads {
     }
 }
 
-/// One script call waiting for the next pipeline of writes. Each carries
-/// its own keys, so calls under different prefixes may share a pipeline.
+/// One script call waiting for the next pipeline. Each carries its own
+/// keys, so calls under different prefixes may share a pipeline.
 type Call = Arc<ScriptInvocation<'static>>;
-
-/// The grouped writes of one store: a batcher whose batches are pipelines
-/// of `EVALSHA`s, each answered on its own.
-#[derive(Debug, Default)]
-struct Writes {
-    batcher: Batcher<Call, RedisResult<Value>, RedisError>,
-    /// Round trips sent for writes (tests count them).
-    #[cfg(test)]
-    round_trips: std::sync::atomic::AtomicUsize,
-}
-
-impl Writes {
-    /// Notes one round trip sent (in tests; nothing otherwise).
-    #[allow(clippy::unused_self)]
-    fn sent(&self) {
-        #[cfg(test)]
-        self.round_trips
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 impl RedisStore {
     /// Connects to one Redis server, for example `redis://127.0.0.1:6379` or
@@ -913,21 +904,35 @@ mod tests {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Saves every record in place at once, each on its own task, each
-    /// expecting the version paired with it.
-    async fn save_all(store: &RedisStore, saves: &[(Record, i64)]) -> Vec<Result<Cas>> {
+    /// Runs `call` on every item at once, each on its own task, and
+    /// answers in the items' order.
+    async fn at_once<I, T, F, Fut>(store: &RedisStore, items: &[I], call: F) -> Vec<T>
+    where
+        I: Clone + Send + 'static,
+        T: Send + 'static,
+        F: Fn(RedisStore, I) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, (record, expected)) in saves.iter().enumerate() {
-            let store = store.clone();
-            let (record, expected) = (record.clone(), *expected);
-            tasks.spawn(async move { (i, store.save_in_place(&record, expected).await) });
+        for (i, item) in items.iter().enumerate() {
+            let answer = call(store.clone(), item.clone());
+            tasks.spawn(async move { (i, answer.await) });
         }
-        let mut answers: Vec<_> = (0..saves.len()).map(|_| None).collect();
+        let mut answers: Vec<_> = (0..items.len()).map(|_| None).collect();
         while let Some(done) = tasks.join_next().await {
             let (i, answer) = done.unwrap();
             answers[i] = Some(answer);
         }
         answers.into_iter().map(Option::unwrap).collect()
+    }
+
+    /// Saves every record in place at once, each expecting the version
+    /// paired with it.
+    async fn save_all(store: &RedisStore, saves: &[(Record, i64)]) -> Vec<Result<Cas>> {
+        at_once(store, saves, |store, (record, expected)| async move {
+            store.save_in_place(&record, expected).await
+        })
+        .await
     }
 
     /// A store on the test server with a prefix of its own.
@@ -956,18 +961,12 @@ mod tests {
 
     /// Loads every key at once, each on its own task.
     async fn load_all(store: &RedisStore, keys: &[StorageKey]) -> Vec<Result<Option<Record>>> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, key) in keys.iter().enumerate() {
-            let store = store.clone();
-            let key = key.clone();
-            tasks.spawn(async move { (i, store.load(&key).await) });
-        }
-        let mut answers: Vec<_> = (0..keys.len()).map(|_| None).collect();
-        while let Some(done) = tasks.join_next().await {
-            let (i, answer) = done.unwrap();
-            answers[i] = Some(answer);
-        }
-        answers.into_iter().map(Option::unwrap).collect()
+        at_once(
+            store,
+            keys,
+            |store, key| async move { store.load(&key).await },
+        )
+        .await
     }
 
     /// 100 live sessions (each loaded three times), 10 expired ones still
