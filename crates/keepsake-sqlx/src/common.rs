@@ -8,6 +8,7 @@
 )]
 
 use std::collections::HashMap;
+use std::future::Future;
 #[cfg(test)]
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,35 +40,46 @@ pub(crate) const MAX_GROUP: usize = 64;
 /// connection prepares at most this many grouped statements.
 const GROUP_SIZES: [usize; 6] = [2, 4, 8, 16, 32, MAX_GROUP];
 
-/// The loads, and the in-place saves, of one store (one table) waiting at
-/// the same moment, each grouped into one statement; see
-/// [`keepsake_core::batch`].
+/// The operations of one store (one table) waiting at the same moment, each
+/// kind grouped into one statement; see [`keepsake_core::batch`].
 #[derive(Debug, Default)]
 pub(crate) struct Batches {
     pub(crate) loads: Batcher<StorageKey, Option<Record>, sqlx::Error>,
     /// A record to save in place and the version it expects.
     pub(crate) saves: Batcher<(Record, i64), Cas, sqlx::Error>,
-    /// Load statements sent, single-key and grouped (tests count them).
+    /// A record to create.
+    pub(crate) creates: Batcher<Record, Cas, sqlx::Error>,
+    /// A key to retire and the version it expects.
+    pub(crate) retires: Batcher<(StorageKey, i64), Cas, sqlx::Error>,
+    /// Statements sent, single and grouped, by [`Statement`] (tests count
+    /// them).
     #[cfg(test)]
-    pub(crate) statements: AtomicUsize,
-    /// In-place save statements sent, single and grouped.
-    #[cfg(test)]
-    pub(crate) save_statements: AtomicUsize,
+    sent: [AtomicUsize; 4],
+}
+
+/// The kinds of statement a store groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Statement {
+    Load,
+    Save,
+    Create,
+    Retire,
 }
 
 impl Batches {
-    /// Notes one load statement sent (in tests; nothing otherwise).
+    /// Notes one statement of `kind` sent (in tests; nothing otherwise).
     #[allow(clippy::unused_self)]
-    pub(crate) fn sent(&self) {
+    pub(crate) fn sent(&self, kind: Statement) {
         #[cfg(test)]
-        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.sent[kind as usize].fetch_add(1, Ordering::Relaxed);
+        #[cfg(not(test))]
+        let _ = kind;
     }
 
-    /// Notes one in-place save statement sent (in tests; nothing otherwise).
-    #[allow(clippy::unused_self)]
-    pub(crate) fn saved(&self) {
-        #[cfg(test)]
-        self.save_statements.fetch_add(1, Ordering::Relaxed);
+    /// Statements of `kind` sent so far.
+    #[cfg(test)]
+    pub(crate) fn count(&self, kind: Statement) -> usize {
+        self.sent[kind as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -137,56 +149,261 @@ impl BindKeys for sqlx::Sqlite {
     }
 }
 
-/// Binds the rows of a grouped in-place save: one array per column on
-/// PostgreSQL (`unnest`), seven parameters per row of a padded `VALUES`
-/// list on SQLite.
-pub(crate) trait BindSaves: sqlx::Database {
-    /// Binds `saves` (record, expected version), padded up to `padded`
-    /// rows with rows that match no record where the statement has one
-    /// row of parameters per save.
-    fn bind_saves<'q>(
+/// The values bound for one row of a grouped compare-and-swap (an in-place
+/// save, a create, a retire): the row's parameters in a `VALUES` list, or
+/// its column arrays on PostgreSQL (`unnest`).
+pub(crate) trait GroupRow: Clone {
+    /// The statement it belongs to.
+    const STATEMENT: Statement;
+
+    /// The key of the record it writes.
+    fn key(&self) -> &str;
+
+    /// Binds this row's parameters, in the order of the `VALUES` list.
+    fn bind_row<'q, DB>(
+        &'q self,
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>;
+
+    /// Binds the parameters of a padding row: its empty key matches no
+    /// record, and the statements skip it.
+    fn bind_padding<'q, DB>(
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>;
+
+    /// Binds the rows column by column, one array each.
+    #[cfg(feature = "postgres")]
+    fn bind_arrays<'q>(
+        rows: &[&'q Self],
+        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+}
+
+/// The single statement of a write that a store also groups: what a write
+/// alone in its batch, or written twice in one batch, is sent as.
+pub(crate) trait WriteOne<T> {
+    fn write_one(&self, write: &T) -> impl Future<Output = sqlx::Result<Cas>> + Send;
+}
+
+/// One array of `rows`' values of a column.
+#[cfg(feature = "postgres")]
+fn column<'q, T, V>(rows: &[&'q T], f: impl Fn(&'q T) -> V) -> Vec<V> {
+    rows.iter().map(|row| f(row)).collect()
+}
+
+/// An in-place save: key, expected version, ip_address, user_agent,
+/// payload, last_activity, version.
+impl GroupRow for (Record, i64) {
+    const STATEMENT: Statement = Statement::Save;
+
+    fn key(&self) -> &str {
+        self.0.key.as_str()
+    }
+
+    fn bind_row<'q, DB>(
+        &'q self,
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>,
+    {
+        let (record, expected) = self;
+        query
+            .bind(record.key.as_str())
+            .bind(*expected)
+            .bind(record.ip_address.as_deref())
+            .bind(record.user_agent.as_deref())
+            .bind(record.payload.as_str())
+            .bind(record.last_activity)
+            .bind(record.version)
+    }
+
+    fn bind_padding<'q, DB>(
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>,
+    {
+        query
+            .bind("")
+            .bind(-1_i64)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind("")
+            .bind(0_i64)
+            .bind(0_i64)
+    }
+
+    #[cfg(feature = "postgres")]
+    fn bind_arrays<'q>(
+        rows: &[&'q Self],
+        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(column(rows, |(r, _)| r.key.as_str()))
+            .bind(column(rows, |(_, expected)| *expected))
+            .bind(column(rows, |(r, _)| r.ip_address.as_deref()))
+            .bind(column(rows, |(r, _)| r.user_agent.as_deref()))
+            .bind(column(rows, |(r, _)| r.payload.as_str()))
+            .bind(column(rows, |(r, _)| r.last_activity))
+            .bind(column(rows, |(r, _)| r.version))
+    }
+}
+
+/// A create: the eight columns of [`COLUMNS`], in order.
+impl GroupRow for Record {
+    const STATEMENT: Statement = Statement::Create;
+
+    fn key(&self) -> &str {
+        self.key.as_str()
+    }
+
+    fn bind_row<'q, DB>(
+        &'q self,
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>,
+    {
+        query
+            .bind(self.key.as_str())
+            .bind(self.user_id.as_deref())
+            .bind(self.ip_address.as_deref())
+            .bind(self.user_agent.as_deref())
+            .bind(self.payload.as_str())
+            .bind(self.last_activity)
+            .bind(self.expires_at)
+            .bind(self.version)
+    }
+
+    fn bind_padding<'q, DB>(
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>,
+    {
+        query
+            .bind("")
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .bind("")
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64)
+    }
+
+    #[cfg(feature = "postgres")]
+    fn bind_arrays<'q>(
+        rows: &[&'q Self],
+        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(column(rows, |r| r.key.as_str()))
+            .bind(column(rows, |r| r.user_id.as_deref()))
+            .bind(column(rows, |r| r.ip_address.as_deref()))
+            .bind(column(rows, |r| r.user_agent.as_deref()))
+            .bind(column(rows, |r| r.payload.as_str()))
+            .bind(column(rows, |r| r.last_activity))
+            .bind(column(rows, |r| r.expires_at))
+            .bind(column(rows, |r| r.version))
+    }
+}
+
+/// A retire: key, expected version.
+impl GroupRow for (StorageKey, i64) {
+    const STATEMENT: Statement = Statement::Retire;
+
+    fn key(&self) -> &str {
+        self.0.as_str()
+    }
+
+    fn bind_row<'q, DB>(
+        &'q self,
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>,
+    {
+        query.bind(self.0.as_str()).bind(self.1)
+    }
+
+    fn bind_padding<'q, DB>(
+        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
+        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
+        i64: sqlx::Encode<'q, DB> + Type<DB>,
+    {
+        query.bind("").bind(-1_i64)
+    }
+
+    #[cfg(feature = "postgres")]
+    fn bind_arrays<'q>(
+        rows: &[&'q Self],
+        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(column(rows, |(key, _)| key.as_str()))
+            .bind(column(rows, |(_, expected)| *expected))
+    }
+}
+
+/// Binds the rows of a grouped compare-and-swap: one array per column on
+/// PostgreSQL, one row of parameters per write of a padded `VALUES` list
+/// elsewhere.
+pub(crate) trait BindRows: sqlx::Database {
+    /// Binds `rows`, padded up to `padded` rows where the statement has one
+    /// row of parameters per write.
+    fn bind_rows<'q, T: GroupRow>(
         query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
-        saves: &'q [(Record, i64)],
+        rows: &[&'q T],
         padded: usize,
     ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>;
 }
 
 #[cfg(feature = "postgres")]
-impl BindSaves for sqlx::Postgres {
-    fn bind_saves<'q>(
+impl BindRows for sqlx::Postgres {
+    fn bind_rows<'q, T: GroupRow>(
         query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
-        saves: &'q [(Record, i64)],
+        rows: &[&'q T],
         _padded: usize,
     ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
-        let column =
-            |f: fn(&'q (Record, i64)) -> Option<&'q str>| saves.iter().map(f).collect::<Vec<_>>();
-        let numbers = |f: fn(&(Record, i64)) -> i64| saves.iter().map(f).collect::<Vec<_>>();
-        query
-            .bind(
-                saves
-                    .iter()
-                    .map(|(r, _)| r.key.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(numbers(|(_, expected)| *expected))
-            .bind(column(|(r, _)| r.ip_address.as_deref()))
-            .bind(column(|(r, _)| r.user_agent.as_deref()))
-            .bind(
-                saves
-                    .iter()
-                    .map(|(r, _)| r.payload.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(numbers(|(r, _)| r.last_activity))
-            .bind(numbers(|(r, _)| r.version))
+        T::bind_arrays(rows, query)
     }
 }
 
-/// Seven parameters per save, then padding rows whose empty key matches no
-/// record.
-fn bind_rows<'q, DB>(
+/// Each row's parameters, then padding rows.
+fn bind_values<'q, DB, T: GroupRow>(
     mut query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    saves: &'q [(Record, i64)],
+    rows: &[&'q T],
     padded: usize,
 ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
 where
@@ -195,48 +412,34 @@ where
     Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
     i64: sqlx::Encode<'q, DB> + Type<DB>,
 {
-    for (record, expected) in saves {
-        query = query
-            .bind(record.key.as_str())
-            .bind(*expected)
-            .bind(record.ip_address.as_deref())
-            .bind(record.user_agent.as_deref())
-            .bind(record.payload.as_str())
-            .bind(record.last_activity)
-            .bind(record.version);
+    for row in rows {
+        query = row.bind_row(query);
     }
-    for _ in saves.len()..padded {
-        query = query
-            .bind("")
-            .bind(-1_i64)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind("")
-            .bind(0_i64)
-            .bind(0_i64);
+    for _ in rows.len()..padded {
+        query = T::bind_padding(query);
     }
     query
 }
 
 #[cfg(feature = "mysql")]
-impl BindSaves for sqlx::MySql {
-    fn bind_saves<'q>(
+impl BindRows for sqlx::MySql {
+    fn bind_rows<'q, T: GroupRow>(
         query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
-        saves: &'q [(Record, i64)],
+        rows: &[&'q T],
         padded: usize,
     ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
-        bind_rows(query, saves, padded)
+        bind_values(query, rows, padded)
     }
 }
 
 #[cfg(feature = "sqlite")]
-impl BindSaves for sqlx::Sqlite {
-    fn bind_saves<'q>(
+impl BindRows for sqlx::Sqlite {
+    fn bind_rows<'q, T: GroupRow>(
         query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
-        saves: &'q [(Record, i64)],
+        rows: &[&'q T],
         padded: usize,
     ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
-        bind_rows(query, saves, padded)
+        bind_values(query, rows, padded)
     }
 }
 
@@ -474,6 +677,15 @@ pub(crate) struct Queries {
     /// now; on SQLite one per size of [`GROUP_SIZES`], seven parameters per
     /// row and then now; none on MySQL.
     save_group: Vec<String>,
+    /// The grouped creates, answered by the ids that were written: the
+    /// rows of `create` (eight arrays on PostgreSQL, eight parameters per
+    /// row of a padded `VALUES` list on SQLite) and then now; none on
+    /// MySQL.
+    create_group: Vec<String>,
+    /// The grouped retires, answered by the ids deleted: the keys and the
+    /// versions they expect (two arrays on PostgreSQL, two parameters per
+    /// row on SQLite) and then now; none on MySQL.
+    retire_group: Vec<String>,
     /// `$1`…`$8` the columns; on PostgreSQL and SQLite `$9` now (an expired
     /// row with the same key is replaced in the same statement).
     pub(crate) create: String,
@@ -579,13 +791,7 @@ impl Queries {
             Dialect::Sqlite => GROUP_SIZES
                 .iter()
                 .map(|&n| {
-                    let rows = (0..n)
-                        .map(|row| {
-                            let params = (1..=7).map(|c| p(row * 7 + c)).collect::<Vec<_>>();
-                            format!("({})", params.join(", "))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    let rows = values_rows(dialect, n, 7);
                     format!(
                         "UPDATE {t} AS s SET ip_address = v.column3, user_agent = v.column4, \
                          payload = v.column5, last_activity = v.column6, version = v.column7 \
@@ -598,9 +804,59 @@ impl Queries {
                 .collect(),
             Dialect::MySql => Vec::new(),
         };
+        // Creates of several records in one statement, each inserted only
+        // where no live record has its key (an expired one is replaced);
+        // RETURNING names the records written. Padding rows (SQLite) have
+        // an empty key and are filtered out before the insert.
+        let upsert = "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, \
+             ip_address = excluded.ip_address, user_agent = excluded.user_agent, \
+             payload = excluded.payload, last_activity = excluded.last_activity, \
+             expires_at = excluded.expires_at, version = excluded.version \
+             WHERE cur.expires_at <=";
+        let create_group = match dialect {
+            Dialect::Postgres => vec![format!(
+                "INSERT INTO {t} AS cur ({COLUMNS}) SELECT * FROM unnest($1::text[], \
+                 $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], \
+                 $8::int8[]) {upsert} $9 RETURNING id"
+            )],
+            Dialect::Sqlite => GROUP_SIZES
+                .iter()
+                .map(|&n| {
+                    let rows = values_rows(dialect, n, 8);
+                    format!(
+                        "INSERT INTO {t} AS cur ({COLUMNS}) SELECT column1, column2, column3, \
+                         column4, column5, column6, column7, column8 FROM (VALUES {rows}) \
+                         WHERE column1 <> '' {upsert} {} RETURNING id",
+                        p(n * 8 + 1)
+                    )
+                })
+                .collect(),
+            Dialect::MySql => Vec::new(),
+        };
+        let retire_group = match dialect {
+            Dialect::Postgres => vec![format!(
+                "DELETE FROM {t} AS s USING unnest($1::text[], $2::int8[]) AS v(k, expected) \
+                 WHERE s.id = v.k AND s.version = v.expected AND s.expires_at > $3 \
+                 RETURNING s.id"
+            )],
+            Dialect::Sqlite => GROUP_SIZES
+                .iter()
+                .map(|&n| {
+                    let rows = values_rows(dialect, n, 2);
+                    format!(
+                        "DELETE FROM {t} WHERE (id, version) IN (VALUES {rows}) \
+                         AND expires_at > {} RETURNING id",
+                        p(n * 2 + 1)
+                    )
+                })
+                .collect(),
+            Dialect::MySql => Vec::new(),
+        };
         Self {
             load_group,
             save_group,
+            create_group,
+            retire_group,
             load: format!(
                 "SELECT payload, last_activity, expires_at, version, user_id, ip_address, \
                  user_agent FROM {t} WHERE id = {} AND expires_at > {}",
@@ -684,26 +940,47 @@ impl Queries {
         (&self.load_group[at], GROUP_SIZES[at])
     }
 
-    /// The grouped in-place save for `saves` saves (2 to [`MAX_GROUP`])
-    /// and how many rows it takes, or `None` where saves are not grouped.
-    pub(crate) fn save_group(&self, saves: usize) -> Option<(&str, usize)> {
-        match self.save_group.as_slice() {
+    /// The grouped statement of `kind` for `rows` writes (2 to
+    /// [`MAX_GROUP`]) and how many rows it takes, or `None` where that kind
+    /// is not grouped.
+    pub(crate) fn cas_group(&self, kind: Statement, rows: usize) -> Option<(&str, usize)> {
+        let sizes = match kind {
+            Statement::Save => &self.save_group,
+            Statement::Create => &self.create_group,
+            Statement::Retire => &self.retire_group,
+            Statement::Load => return None,
+        };
+        match sizes.as_slice() {
             [] => None,
-            [one] => Some((one, saves)),
+            [one] => Some((one, rows)),
             sizes => {
                 let at = GROUP_SIZES
                     .iter()
-                    .position(|&n| n >= saves)
+                    .position(|&n| n >= rows)
                     .unwrap_or(GROUP_SIZES.len() - 1);
                 Some((&sizes[at], GROUP_SIZES[at]))
             }
         }
     }
 
-    /// True where in-place saves are grouped (not on MySQL).
-    pub(crate) fn groups_saves(&self) -> bool {
-        !self.save_group.is_empty()
+    /// True where writes of `kind` are grouped (not on MySQL).
+    pub(crate) fn groups(&self, kind: Statement) -> bool {
+        self.cas_group(kind, 2).is_some()
     }
+}
+
+/// `rows` rows of `columns` numbered parameters each, for a `VALUES` list:
+/// `(?1, ?2), (?3, ?4)`.
+fn values_rows(dialect: Dialect, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let params = (1..=columns)
+                .map(|c| dialect.param(row * columns + c))
+                .collect::<Vec<_>>();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Matches the records of a batch back to its keys, in order: a key with
@@ -871,7 +1148,7 @@ macro_rules! impl_store {
 
             /// The single-key load statement.
             async fn load_one(&self, key: &StorageKey, now: i64) -> sqlx::Result<Option<Record>> {
-                self.batches.sent();
+                self.batches.sent($crate::common::Statement::Load);
                 let row = sqlx::query(&self.queries.load)
                     .bind(key.as_str())
                     .bind(now)
@@ -902,7 +1179,7 @@ macro_rules! impl_store {
                         continue;
                     }
                     let (sql, padded) = self.queries.load_group(group.len());
-                    self.batches.sent();
+                    self.batches.sent($crate::common::Statement::Load);
                     let rows = <$db as $crate::common::BindKeys>::bind_keys(
                         sqlx::query(sql),
                         group,
@@ -924,7 +1201,7 @@ macro_rules! impl_store {
 
             /// The single in-place save statement.
             async fn save_one_in_place(&self, record: &Record, expected: i64) -> sqlx::Result<Cas> {
-                self.batches.saved();
+                self.batches.sent($crate::common::Statement::Save);
                 let rows = sqlx::query(&self.queries.save_in_place)
                     .bind(record.ip_address.as_deref())
                     .bind(record.user_agent.as_deref())
@@ -940,35 +1217,80 @@ macro_rules! impl_store {
                 Ok($crate::common::cas(rows))
             }
 
-            /// One batch of in-place saves, answered in order: the single
-            /// statement for one, else one grouped statement per
-            /// [`MAX_GROUP`](crate::common::MAX_GROUP) saves. A key saved
-            /// twice in one batch (two layers on one table) is saved by
-            /// itself, after the group, so each answer is its own.
-            async fn save_batch(&self, saves: Vec<(Record, i64)>) -> sqlx::Result<Vec<Cas>> {
-                if let [(record, expected)] = saves.as_slice() {
-                    return Ok(vec![self.save_one_in_place(record, *expected).await?]);
+            /// The single insert-if-absent of `create`. PostgreSQL and
+            /// SQLite replace an expired row in the same statement (`now`
+            /// is bound for that) and report a live one as 0 rows; MySQL
+            /// reports it as a duplicate key.
+            async fn create_one(&self, record: &Record) -> sqlx::Result<Cas> {
+                self.batches.sent($crate::common::Statement::Create);
+                let mut query = sqlx::query(&self.queries.create)
+                    .bind(record.key.as_str())
+                    .bind(record.user_id.as_deref())
+                    .bind(record.ip_address.as_deref())
+                    .bind(record.user_agent.as_deref())
+                    .bind(record.payload.as_str())
+                    .bind(record.last_activity)
+                    .bind(record.expires_at)
+                    .bind(record.version);
+                if $dialect != Dialect::MySql {
+                    query = query.bind(keepsake_core::now());
                 }
-                let mut answers = vec![Cas::Conflict; saves.len()];
-                let mut seen = std::collections::HashSet::with_capacity(saves.len());
+                match query.execute(&self.pool).await {
+                    Ok(done) => Ok($crate::common::cas(done.rows_affected())),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Cas::Conflict),
+                    Err(e) => Err(e),
+                }
+            }
+
+            /// The single retire statement.
+            async fn retire_one(&self, key: &StorageKey, expected: i64) -> sqlx::Result<Cas> {
+                self.batches.sent($crate::common::Statement::Retire);
+                let rows = sqlx::query(&self.queries.retire)
+                    .bind(key.as_str())
+                    .bind(expected)
+                    .bind(keepsake_core::now())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                Ok($crate::common::cas(rows))
+            }
+
+            /// One batch of compare-and-swap writes of one kind (in-place
+            /// saves, creates or retires), answered in order: `one`, the
+            /// single statement, for a write alone, else one grouped
+            /// statement per [`MAX_GROUP`](crate::common::MAX_GROUP)
+            /// writes, whose `RETURNING` names the records that applied. A
+            /// key written twice in one batch (two layers on one table) is
+            /// written by itself, after the group, so each answer is its
+            /// own.
+            async fn cas_batch<T>(&self, writes: Vec<T>) -> sqlx::Result<Vec<Cas>>
+            where
+                T: $crate::common::GroupRow + Sync,
+                Self: $crate::common::WriteOne<T>,
+            {
+                use $crate::common::WriteOne as _;
+                if let [write] = writes.as_slice() {
+                    return Ok(vec![self.write_one(write).await?]);
+                }
+                let mut answers = vec![Cas::Conflict; writes.len()];
+                let mut seen = std::collections::HashSet::with_capacity(writes.len());
                 let (grouped, alone): (Vec<usize>, Vec<usize>) =
-                    (0..saves.len()).partition(|&i| seen.insert(saves[i].0.key.as_str()));
+                    (0..writes.len()).partition(|&i| seen.insert(writes[i].key()));
                 let now = keepsake_core::now();
                 for chunk in grouped.chunks($crate::common::MAX_GROUP) {
-                    if let [i] = chunk {
-                        answers[*i] = self.save_one_in_place(&saves[*i].0, saves[*i].1).await?;
-                        continue;
-                    }
-                    let rows: Vec<(Record, i64)> =
-                        chunk.iter().map(|&i| saves[i].clone()).collect();
-                    let Some((sql, padded)) = self.queries.save_group(rows.len()) else {
+                    let group = match chunk {
+                        [_] => None,
+                        _ => self.queries.cas_group(T::STATEMENT, chunk.len()),
+                    };
+                    let Some((sql, padded)) = group else {
                         for &i in chunk {
-                            answers[i] = self.save_one_in_place(&saves[i].0, saves[i].1).await?;
+                            answers[i] = self.write_one(&writes[i]).await?;
                         }
                         continue;
                     };
-                    self.batches.saved();
-                    let returned = <$db as $crate::common::BindSaves>::bind_saves(
+                    let rows: Vec<&T> = chunk.iter().map(|&i| &writes[i]).collect();
+                    self.batches.sent(T::STATEMENT);
+                    let returned = <$db as $crate::common::BindRows>::bind_rows(
                         sqlx::query(sql),
                         &rows,
                         padded,
@@ -983,40 +1305,24 @@ macro_rules! impl_store {
                         }
                     }
                     for &i in chunk {
-                        if applied.contains(saves[i].0.key.as_str()) {
+                        if applied.contains(writes[i].key()) {
                             answers[i] = Cas::Applied;
                         }
                     }
                 }
                 for i in alone {
-                    answers[i] = self.save_one_in_place(&saves[i].0, saves[i].1).await?;
+                    answers[i] = self.write_one(&writes[i]).await?;
                 }
                 Ok(answers)
             }
 
-            /// The insert-if-absent of `create`. PostgreSQL and SQLite
-            /// replace an expired row in the same statement (`now` is bound
-            /// for that) and report a live one as 0 rows; MySQL reports it
-            /// as a duplicate key.
-            async fn insert(&self, record: &Record) -> Result<Cas> {
-                let mut query = sqlx::query(&self.queries.create)
-                    .bind(record.key.as_str())
-                    .bind(record.user_id.as_deref())
-                    .bind(record.ip_address.as_deref())
-                    .bind(record.user_agent.as_deref())
-                    .bind(record.payload.as_str())
-                    .bind(record.last_activity)
-                    .bind(record.expires_at)
-                    .bind(record.version);
-                if $dialect != Dialect::MySql {
-                    query = query.bind(keepsake_core::now());
+            /// Wraps the failure of a batch `operation` was part of, and
+            /// tells the pool's health check about it.
+            fn fail_shared(&self, operation: &'static str, error: Arc<sqlx::Error>) -> Error {
+                if let Some(health) = &self.health {
+                    health.record_failure();
                 }
-                match query.execute(&self.pool).await {
-                    Ok(done) if done.rows_affected() == 0 => Ok(Cas::Conflict),
-                    Ok(_) => Ok(Cas::Applied),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Cas::Conflict),
-                    Err(e) => Err(self.fail("create", e)),
-                }
+                Error::backend($kind, operation, keepsake_core::batch::unshare(error))
             }
 
             /// Wraps a failure of `operation`, and tells the pool's
@@ -1081,6 +1387,30 @@ macro_rules! impl_store {
             }
         }
 
+        impl $crate::common::WriteOne<(Record, i64)> for $store {
+            fn write_one(
+                &self,
+                (record, expected): &(Record, i64),
+            ) -> impl Future<Output = sqlx::Result<Cas>> + Send {
+                self.save_one_in_place(record, *expected)
+            }
+        }
+
+        impl $crate::common::WriteOne<Record> for $store {
+            fn write_one(&self, record: &Record) -> impl Future<Output = sqlx::Result<Cas>> + Send {
+                self.create_one(record)
+            }
+        }
+
+        impl $crate::common::WriteOne<(StorageKey, i64)> for $store {
+            fn write_one(
+                &self,
+                (key, expected): &(StorageKey, i64),
+            ) -> impl Future<Output = sqlx::Result<Cas>> + Send {
+                self.retire_one(key, *expected)
+            }
+        }
+
         #[async_trait::async_trait]
         impl SessionStore for $store {
             /// Grouped with the loads waiting at the same moment (see
@@ -1090,16 +1420,23 @@ macro_rules! impl_store {
                     .loads
                     .run(key.clone(), |keys| self.load_batch(keys))
                     .await
-                    .map_err(|e| {
-                        if let Some(health) = &self.health {
-                            health.record_failure();
-                        }
-                        Error::backend($kind, "load", keepsake_core::batch::unshare(e))
-                    })
+                    .map_err(|e| self.fail_shared("load", e))
             }
 
+            /// Grouped with the creates waiting at the same moment (not on
+            /// MySQL): one statement for all of them.
             async fn create(&self, record: &Record) -> Result<Cas> {
-                self.insert(record).await
+                if !self.queries.groups($crate::common::Statement::Create) {
+                    return self
+                        .create_one(record)
+                        .await
+                        .map_err(|e| self.fail("create", e));
+                }
+                self.batches
+                    .creates
+                    .run(record.clone(), |writes| self.cas_batch(writes))
+                    .await
+                    .map_err(|e| self.fail_shared("create", e))
             }
 
             async fn save(&self, record: &Record, expected_version: i64) -> Result<Cas> {
@@ -1124,7 +1461,7 @@ macro_rules! impl_store {
             /// Grouped with the in-place saves waiting at the same moment
             /// (not on MySQL): one statement for all of them.
             async fn save_in_place(&self, record: &Record, expected_version: i64) -> Result<Cas> {
-                if !self.queries.groups_saves() {
+                if !self.queries.groups($crate::common::Statement::Save) {
                     return self
                         .save_one_in_place(record, expected_version)
                         .await
@@ -1132,16 +1469,11 @@ macro_rules! impl_store {
                 }
                 self.batches
                     .saves
-                    .run((record.clone(), expected_version), |saves| {
-                        self.save_batch(saves)
+                    .run((record.clone(), expected_version), |writes| {
+                        self.cas_batch(writes)
                     })
                     .await
-                    .map_err(|e| {
-                        if let Some(health) = &self.health {
-                            health.record_failure();
-                        }
-                        Error::backend($kind, "save", keepsake_core::batch::unshare(e))
-                    })
+                    .map_err(|e| self.fail_shared("save", e))
             }
 
             async fn touch(
@@ -1164,16 +1496,22 @@ macro_rules! impl_store {
                 Ok($crate::common::cas(rows))
             }
 
+            /// Grouped with the retires waiting at the same moment (not on
+            /// MySQL): one statement for all of them.
             async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
-                let rows = sqlx::query(&self.queries.retire)
-                    .bind(key.as_str())
-                    .bind(expected_version)
-                    .bind(keepsake_core::now())
-                    .execute(&self.pool)
+                if !self.queries.groups($crate::common::Statement::Retire) {
+                    return self
+                        .retire_one(key, expected_version)
+                        .await
+                        .map_err(|e| self.fail("retire", e));
+                }
+                self.batches
+                    .retires
+                    .run((key.clone(), expected_version), |writes| {
+                        self.cas_batch(writes)
+                    })
                     .await
-                    .map_err(|e| self.fail("retire", e))?
-                    .rows_affected();
-                Ok($crate::common::cas(rows))
+                    .map_err(|e| self.fail_shared("retire", e))
             }
 
             async fn destroy(&self, key: &StorageKey) -> Result<()> {
@@ -1378,7 +1716,12 @@ mod tests {
         // parameters once, in order: the numbered dialects show it.
         for dialect in [Dialect::Postgres, Dialect::Sqlite] {
             let q = Queries::new(dialect, "t");
-            let groups = q.load_group.iter();
+            let groups = q
+                .load_group
+                .iter()
+                .chain(&q.save_group)
+                .chain(&q.create_group)
+                .chain(&q.retire_group);
             for sql in [
                 &q.load,
                 &q.create,

@@ -5,14 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use keepsake_core::test_kit::{self, server_url};
 use keepsake_core::{Cas, Error, Record, SessionId, SessionStore, StorageKey};
 use tokio::task::JoinSet;
 
-use crate::common::Batches;
+use crate::common::{Batches, Statement};
 
 /// A table name no other test run uses.
 fn unique_table() -> String {
@@ -21,26 +21,43 @@ fn unique_table() -> String {
 }
 
 fn statements(loads: &Batches) -> usize {
-    loads.statements.load(Ordering::Relaxed)
+    loads.count(Statement::Load)
 }
 
-/// Batches every key of `keys` at once, each on its own task.
-async fn load_all<S>(store: &S, keys: &[StorageKey]) -> Vec<keepsake_core::Result<Option<Record>>>
+/// Calls `call` with the store and each of `items` at once, each on its
+/// own task, and answers in the order of `items`.
+async fn at_once<S, T, R, F, Fut>(store: &S, items: &[T], call: F) -> Vec<R>
 where
-    S: SessionStore + Clone + 'static,
+    S: Clone + Send + 'static,
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+    F: Fn(S, T) -> Fut,
+    Fut: Future<Output = R> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
-    for (i, key) in keys.iter().enumerate() {
-        let store = store.clone();
-        let key = key.clone();
-        tasks.spawn(async move { (i, store.load(&key).await) });
+    for (i, item) in items.iter().enumerate() {
+        let call = call(store.clone(), item.clone());
+        tasks.spawn(async move { (i, call.await) });
     }
-    let mut answers: Vec<_> = (0..keys.len()).map(|_| None).collect();
+    let mut answers: Vec<_> = (0..items.len()).map(|_| None).collect();
     while let Some(done) = tasks.join_next().await {
         let (i, answer) = done.unwrap();
         answers[i] = Some(answer);
     }
     answers.into_iter().map(Option::unwrap).collect()
+}
+
+/// Loads every key of `keys` at once.
+async fn load_all<S>(store: &S, keys: &[StorageKey]) -> Vec<keepsake_core::Result<Option<Record>>>
+where
+    S: SessionStore + Clone + 'static,
+{
+    at_once(
+        store,
+        keys,
+        |store, key| async move { store.load(&key).await },
+    )
+    .await
 }
 
 /// 100 live sessions (each loaded three times), 10 expired and 30 missing,
@@ -110,7 +127,7 @@ where
 }
 
 fn save_statements(batches: &Batches) -> usize {
-    batches.save_statements.load(Ordering::Relaxed)
+    batches.count(Statement::Save)
 }
 
 /// In-place saves of 100 live sessions at their version, 20 at a stale
@@ -172,18 +189,10 @@ where
     }
 
     let before = save_statements(batches);
-    let mut tasks = JoinSet::new();
-    for (i, (record, version)) in saves.iter().enumerate() {
-        let store = store.clone();
-        let record = record.clone();
-        let version = *version;
-        tasks.spawn(async move { (i, store.save_in_place(&record, version).await) });
-    }
-    let mut answers = vec![None; saves.len()];
-    while let Some(done) = tasks.join_next().await {
-        let (i, answer) = done.unwrap();
-        answers[i] = Some(answer.unwrap());
-    }
+    let answers: Vec<Option<Cas>> = at_once(store, &saves, |store, (record, version)| async move {
+        Some(store.save_in_place(&record, version).await.unwrap())
+    })
+    .await;
     let sent = save_statements(batches) - before;
     for (i, want) in expected.iter().enumerate() {
         let first = i < 5;
@@ -235,34 +244,228 @@ where
     assert_eq!(store.load(&lone.key).await.unwrap(), Some(lone));
 }
 
-/// Batches on a table that does not exist: every caller of every batch gets
-/// the backend's error, and the batches were grouped.
-async fn a_failing_group_fails_every_caller<S>(store: &S, loads: &Batches, kind: &str)
+/// 60 creates of new keys, 10 of keys a live session has, 10 of keys an
+/// expired session has (where the backend replaces it in the same
+/// statement) and a second create of 5 new keys, all at once; then retires
+/// of 40 at their version, 10 at a stale version, 5 missing and 5 expired,
+/// plus 3 keys retired twice, all at once. Each call gets its own
+/// answer and the table holds exactly what applied; on a backend that
+/// groups them, in far fewer statements than calls. A lone create and a
+/// lone retire are one statement each.
+async fn grouped_creates_and_retires_answer_each_caller<S>(
+    store: &S,
+    batches: &Batches,
+    grouped: bool,
+) where
+    S: SessionStore + Clone + 'static,
+{
+    let fresh: Vec<Record> = (0..60)
+        .map(|i| {
+            let mut record = test_kit::record(&format!(r#"{{"d":{{"n":{i}}}}}"#));
+            if i % 3 == 0 {
+                record.user_id = Some(format!("user {i}"));
+            }
+            record
+        })
+        .collect();
+    let mut creates = fresh.clone();
+    let mut expected = vec![Cas::Applied; fresh.len()];
+    let mut taken = Vec::new();
+    for _ in 0..10 {
+        let live = test_kit::record(r#"{"d":{"live":true}}"#);
+        assert_eq!(store.create(&live).await.unwrap(), Cas::Applied);
+        let mut again = test_kit::record(r#"{"d":{"again":true}}"#);
+        again.key = live.key.clone();
+        creates.push(again);
+        expected.push(Cas::Conflict);
+        taken.push(live);
+    }
+    let mut replaced = Vec::new();
+    if grouped {
+        for _ in 0..10 {
+            let mut old = test_kit::record(r#"{"d":{"old":true}}"#);
+            old.expires_at = keepsake_core::now() - 10;
+            assert_eq!(store.create(&old).await.unwrap(), Cas::Applied);
+            let mut new = test_kit::record(r#"{"d":{"new":true}}"#);
+            new.key = old.key;
+            creates.push(new.clone());
+            expected.push(Cas::Applied);
+            replaced.push(new);
+        }
+    }
+    let twice = creates.len();
+    for first in &fresh[..5] {
+        let mut again = first.clone();
+        again.payload = r#"{"d":{"twice":true}}"#.to_owned();
+        creates.push(again);
+    }
+
+    let before = batches.count(Statement::Create);
+    let answers = at_once(store, &creates, |store, record| async move {
+        store.create(&record).await.unwrap()
+    })
+    .await;
+    let sent = batches.count(Statement::Create) - before;
+    for (i, first) in fresh.iter().enumerate() {
+        let stored = store.load(&first.key).await.unwrap().unwrap();
+        if i < 5 {
+            // Raced with its second create: exactly one applied, and it
+            // is what is stored.
+            let second = answers[twice + i];
+            assert_ne!(answers[i], second, "create {i}");
+            let winner = if answers[i].is_applied() {
+                first
+            } else {
+                &creates[twice + i]
+            };
+            assert_eq!(stored.payload, winner.payload, "create {i}");
+        } else {
+            assert_eq!(answers[i], Cas::Applied, "create {i}");
+            assert_eq!(&stored, first, "create {i}");
+        }
+    }
+    for (i, want) in expected.iter().enumerate().skip(fresh.len()) {
+        assert_eq!(answers[i], *want, "create {i}");
+    }
+    for record in taken.iter().chain(&replaced) {
+        assert_eq!(
+            store.load(&record.key).await.unwrap().as_ref(),
+            Some(record)
+        );
+    }
+    if grouped {
+        assert!(
+            sent <= 30,
+            "{sent} statements for {} creates",
+            creates.len()
+        );
+    } else {
+        assert_eq!(sent, creates.len(), "one statement per create");
+    }
+
+    // Retires. The first five keys were written by whichever create won,
+    // at version 1 either way.
+    let mut retires: Vec<(StorageKey, i64)> = Vec::new();
+    let mut expected = Vec::new();
+    for (i, record) in fresh.iter().enumerate().skip(5).take(50) {
+        let stale = i >= 45;
+        retires.push((record.key.clone(), if stale { 9 } else { record.version }));
+        expected.push(if stale { Cas::Conflict } else { Cas::Applied });
+    }
+    for _ in 0..5 {
+        retires.push((SessionId::generate().storage_key(), 1));
+        expected.push(Cas::Conflict);
+    }
+    for _ in 0..5 {
+        let mut old = test_kit::record(r#"{"d":{}}"#);
+        old.expires_at = keepsake_core::now() - 10;
+        let _ = store.create(&old).await.unwrap();
+        retires.push((old.key, old.version));
+        expected.push(Cas::Conflict);
+    }
+    let twice = retires.len();
+    for first in &fresh[..3] {
+        retires.push((first.key.clone(), first.version));
+        retires.push((first.key.clone(), first.version));
+    }
+    let before = batches.count(Statement::Retire);
+    let answers = at_once(store, &retires, |store, (key, version)| async move {
+        store.retire(&key, version).await.unwrap()
+    })
+    .await;
+    let sent = batches.count(Statement::Retire) - before;
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(answers[i], *want, "retire {i}");
+        let (key, _) = &retires[i];
+        let gone = store.load(key).await.unwrap().is_none();
+        assert_eq!(gone, !(40..50).contains(&i), "retire {i}");
+    }
+    for (i, first) in fresh[..3].iter().enumerate() {
+        // Retired twice at once: exactly one of the two applied.
+        let pair = [answers[twice + 2 * i], answers[twice + 2 * i + 1]];
+        assert_eq!(
+            pair.iter().filter(|a| a.is_applied()).count(),
+            1,
+            "retire {}",
+            twice + 2 * i
+        );
+        assert_eq!(store.load(&first.key).await.unwrap(), None);
+    }
+    if grouped {
+        assert!(
+            sent <= 30,
+            "{sent} statements for {} retires",
+            retires.len()
+        );
+    } else {
+        assert_eq!(sent, retires.len(), "one statement per retire");
+    }
+
+    let lone = test_kit::record(r#"{"d":{"lone":true}}"#);
+    let (creates_before, retires_before) = (
+        batches.count(Statement::Create),
+        batches.count(Statement::Retire),
+    );
+    assert_eq!(store.create(&lone).await.unwrap(), Cas::Applied);
+    assert_eq!(store.retire(&lone.key, 1).await.unwrap(), Cas::Applied);
+    assert_eq!(
+        (
+            batches.count(Statement::Create) - creates_before,
+            batches.count(Statement::Retire) - retires_before
+        ),
+        (1, 1),
+        "a lone create and a lone retire are one statement each"
+    );
+}
+
+/// Batches on a table that does not exist: every caller of every batch of
+/// loads, creates and retires gets the backend's error, and the loads were
+/// grouped.
+async fn a_failing_group_fails_every_caller<S>(store: &S, batches: &Batches, kind: &str)
 where
     S: SessionStore + Clone + 'static,
 {
     let keys: Vec<StorageKey> = (0..40)
         .map(|_| SessionId::generate().storage_key())
         .collect();
-    let before = statements(loads);
+    let before = statements(batches);
     let answers = load_all(store, &keys).await;
-    let sent = statements(loads) - before;
+    let sent = statements(batches) - before;
     assert!(sent < keys.len() / 2, "{sent} statements for 40 loads");
     for answer in answers {
-        let error = answer.unwrap_err();
-        assert!(
-            matches!(error, Error::Backend { store, operation: "load", .. } if store == kind),
-            "{error:?}"
-        );
-        // The sqlx error is the source, or the source of a shared one.
-        let source = std::error::Error::source(&error).unwrap();
-        let sqlx_error = source.downcast_ref::<sqlx::Error>().or_else(|| {
-            source
-                .downcast_ref::<keepsake_core::batch::Shared<sqlx::Error>>()
-                .map(|shared| &*shared.0)
-        });
-        assert!(sqlx_error.is_some(), "{source:?}");
+        assert_backend_error(&answer.unwrap_err(), kind, "load");
     }
+    let records: Vec<Record> = (0..40).map(|_| test_kit::record(r#"{"d":{}}"#)).collect();
+    let answers = at_once(store, &records, |store, record| async move {
+        store.create(&record).await
+    })
+    .await;
+    for answer in answers {
+        assert_backend_error(&answer.unwrap_err(), kind, "create");
+    }
+    let answers = at_once(store, &keys, |store, key| async move {
+        store.retire(&key, 1).await
+    })
+    .await;
+    for answer in answers {
+        assert_backend_error(&answer.unwrap_err(), kind, "retire");
+    }
+}
+
+/// `error` is a backend error of `operation` on the store `kind`, caused by
+/// an sqlx error (directly, or shared by the callers of one batch).
+fn assert_backend_error(error: &Error, kind: &str, operation: &str) {
+    assert!(
+        matches!(error, Error::Backend { store, operation: op, .. } if *store == kind && *op == operation),
+        "{error:?}"
+    );
+    let source = std::error::Error::source(error).unwrap();
+    let sqlx_error = source.downcast_ref::<sqlx::Error>().or_else(|| {
+        source
+            .downcast_ref::<keepsake_core::batch::Shared<sqlx::Error>>()
+            .map(|shared| &*shared.0)
+    });
+    assert!(sqlx_error.is_some(), "{source:?}");
 }
 
 #[cfg(feature = "sqlite")]
@@ -289,6 +492,12 @@ mod sqlite {
     }
 
     #[tokio::test]
+    async fn grouped_creates_and_retires() {
+        let store = store().await;
+        grouped_creates_and_retires_answer_each_caller(&store, &store.batches, true).await;
+    }
+
+    #[tokio::test]
     async fn grouped_loads_on_a_file_database() {
         let dir = std::env::temp_dir().join(unique_table());
         std::fs::create_dir_all(&dir).unwrap();
@@ -297,6 +506,7 @@ mod sqlite {
         store.migrate().await.unwrap();
         grouped_loads_answer_each_caller(&store, &store.batches).await;
         grouped_saves_answer_each_caller(&store, &store.batches, true).await;
+        grouped_creates_and_retires_answer_each_caller(&store, &store.batches, true).await;
         store.pool().close().await;
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -341,6 +551,7 @@ mod postgres {
         let store = store(&url, &table).await;
         grouped_loads_answer_each_caller(&store, &store.batches).await;
         grouped_saves_answer_each_caller(&store, &store.batches, true).await;
+        grouped_creates_and_retires_answer_each_caller(&store, &store.batches, true).await;
         sqlx::query(&format!("DROP TABLE \"{table}\""))
             .execute(store.pool())
             .await
@@ -380,6 +591,7 @@ mod mysql {
         store.migrate().await.unwrap();
         grouped_loads_answer_each_caller(&store, &store.batches).await;
         grouped_saves_answer_each_caller(&store, &store.batches, false).await;
+        grouped_creates_and_retires_answer_each_caller(&store, &store.batches, false).await;
         sqlx::query(&format!("DROP TABLE `{table}`"))
             .execute(store.pool())
             .await

@@ -99,16 +99,17 @@
 //! | operation | statement |
 //! |---|---|
 //! | `load` | `SELECT … WHERE id = ? AND expires_at > now`; loads waiting at the same moment go together as `WHERE id = ANY(?)` (PostgreSQL) or `WHERE id IN (?, …)`, up to 64 keys a statement (see below) |
-//! | `create` | `INSERT … ON CONFLICT (id) DO UPDATE … WHERE expires_at <= now`: a live row is never overwritten (0 rows: `Cas::Conflict`), an expired one not yet collected is replaced. MySQL: a plain `INSERT`, and a duplicate key is `Cas::Conflict` |
+//! | `create` | `INSERT … ON CONFLICT (id) DO UPDATE … WHERE expires_at <= now`: a live row is never overwritten (0 rows: `Cas::Conflict`), an expired one not yet collected is replaced; creates waiting at the same moment go together as `INSERT … SELECT … FROM unnest(…)` (PostgreSQL) or `FROM (VALUES …)` (SQLite) with the same conflict clause and `RETURNING id`. MySQL: a plain `INSERT` each, and a duplicate key is `Cas::Conflict` |
 //! | `save` | `UPDATE … WHERE id = ? AND version = ? AND expires_at > now`; 0 rows is `Cas::Conflict`, and a destroyed or expired record is never re-inserted |
 //! | `save_in_place` | the same `UPDATE` without `expires_at` and `user_id`, so no index is written (most saves: the layer moves a stored expiry in steps); saves waiting at the same moment go together as `UPDATE … FROM unnest(…) RETURNING id` (PostgreSQL) or `UPDATE … FROM (VALUES …) RETURNING id` (SQLite), each still a compare-and-swap at its own version. MySQL has no `UPDATE … RETURNING`: one statement each |
 //! | `touch` | `UPDATE` of `last_activity` and `expires_at` only (`GREATEST`/`MAX` with the stored expiry, so it never moves back), of a live row `WHERE version = ?`; 0 rows is `Cas::Conflict` |
+//! | `retire` | `DELETE … WHERE id = ? AND version = ? AND expires_at > now`, the old record after an id change; retires waiting at the same moment go together as `DELETE … USING unnest(…) RETURNING id` (PostgreSQL) or `DELETE … WHERE (id, version) IN (VALUES …) RETURNING id` (SQLite). MySQL: one statement each |
 //! | `destroy` | `DELETE … WHERE id = ?` |
 //! | `list_for_user` | `SELECT … WHERE user_id = ? AND expires_at > now ORDER BY last_activity DESC, id` |
 //! | `destroy_for_user` | `DELETE … WHERE user_id = ? [AND id <> ?]` (expired rows of the user go too) |
 //! | `gc` | `DELETE` of at most one batch of expired rows per statement, repeated until a batch comes back short |
 //!
-//! # Grouped loads and saves
+//! # Grouped loads and writes
 //!
 //! A load that finds no other load of the same store in flight goes out at
 //! once, as the single-key statement, so a lone request waits for nothing.
@@ -120,10 +121,19 @@
 //! load in it gets that error. Each table (each `with_table_name`) groups
 //! its own loads; clones of a store share theirs.
 //!
-//! In-place saves are grouped the same way on PostgreSQL and SQLite: one
-//! statement for the saves waiting at the same moment (up to 64), whose
-//! `RETURNING` list names the records that were at their expected version.
-//! On SQLite that is also one write transaction for all of them.
+//! In-place saves, creates and retires are grouped the same way on
+//! PostgreSQL and SQLite, each kind on its own: one statement for the
+//! writes of a kind waiting at the same moment (up to 64), whose
+//! `RETURNING` list names the records that were written. Each write in it
+//! is still its own compare-and-swap: a save or retire applies only at its
+//! expected version, a create only where no live record has its key. A key
+//! written twice in one group (two layers on one table) is written again by
+//! itself after the group, so each caller gets its own answer. On SQLite a
+//! group is also one write transaction instead of one per write, which is
+//! most of what a login costs there. MySQL has no `RETURNING` (MariaDB has
+//! it on `INSERT` and `DELETE` only, from 10.5, and the store supports
+//! 10.3), so nothing would tell which writes of a group applied: on MySQL
+//! and MariaDB writes go one statement each.
 //!
 //! `gc` deletes in batches so that it never holds long locks; each store
 //! also has `gc_with_progress` to report the running total after each batch.
