@@ -82,9 +82,12 @@
 //! On a single node the owner's index set is updated inside the same script
 //! as the session. Keeping the index exact costs one more command in the
 //! rarer cases: a `save` that changes the owner (removing the entry from the
-//! previous owner's set), a `destroy` of a session with an owner, and a
-//! `touch` of a session with an owner (extending the set's expiry, so the set
-//! outlives the session whose expiry the touch just moved).
+//! previous owner's set), a `retire` or `destroy` of a session with an owner
+//! (a login or logout removing it from its owner's set), and a `touch` of a
+//! session with an owner (extending the set's expiry, so the set outlives
+//! the session whose expiry the touch just moved). The removals are a small
+//! script too, so they join the pipeline of the calls waiting beside them
+//! rather than taking a round trip of their own.
 //!
 //! # Redis Cluster
 //!

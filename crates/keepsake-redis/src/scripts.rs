@@ -217,6 +217,22 @@ return 1
     )
 });
 
+/// Removes the members `ARGV` from the index set `KEYS[1]`: `SREM`, as a
+/// script so that it can share a pipeline with the other script calls, in
+/// slices of 1,000 members (Lua's `unpack` is bounded). Returns how many
+/// were removed.
+pub(crate) static UNINDEX: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local removed = 0
+for i = 1, #ARGV, 1000 do
+  removed = removed + redis.call('SREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return removed
+"#,
+    )
+});
+
 /// The index update on its own (one key: the set): `ARGV` = member,
 /// expires_at in ms, the client's clock in ms.
 pub(crate) static INDEX: LazyLock<Script> = LazyLock::new(|| {

@@ -264,18 +264,27 @@ impl RedisStore {
     /// Removes members from an index set. A failure only leaves stale
     /// entries, which listing and revoking skip (they check each session's
     /// owner) and which go with their sessions, so it is logged rather than
-    /// returned.
+    /// returned. On a single node it is a script call like the writes, so
+    /// it joins the pipeline of the calls waiting at the same moment instead
+    /// of taking a round trip of its own (after a login's retire, a logout's
+    /// destroy).
     async fn unindex(&self, set: &str, members: &[Vec<u8>], operation: &'static str) {
         if members.is_empty() {
             return;
         }
-        let removed: RedisResult<i64> = redis::cmd("SREM")
-            .arg(set)
-            .arg(members)
-            .query_async(&mut self.conn())
-            .await;
-        if let Err(e) = removed {
-            let error = Error::backend(KIND, operation, e);
+        let removed: Result<i64> = if self.is_cluster() {
+            redis::cmd("SREM")
+                .arg(set)
+                .arg(members)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| Error::backend(KIND, operation, e))
+        } else {
+            let mut invocation = scripts::UNINDEX.key(set);
+            invocation.arg(members);
+            self.eval(invocation, operation).await
+        };
+        if let Err(error) = removed {
             tracing::warn!(
                 error = %Report(&error),
                 "could not remove entries from a per-user session index; they are skipped until their sessions end"
@@ -1140,6 +1149,100 @@ mod tests {
             1,
             "a lone save is one EVALSHA"
         );
+        clean(&store).await;
+    }
+
+    /// 40 sessions of one user retired at once: each leaves the user's
+    /// index, and the index removals share the pipelines of the other
+    /// script calls (far fewer round trips than retires and removals). Then
+    /// 2,500 entries that are not storage keys are removed from the index
+    /// by one listing, past Lua's `unpack` bound; and removals alone from
+    /// 40 sets at once share pipelines too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn index_removals_join_the_script_pipelines() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let user = "retired user";
+        let mut keys = Vec::new();
+        for _ in 0..40 {
+            let mut record = keepsake_core::test_kit::record(r#"{"d":{}}"#);
+            record.user_id = Some(user.to_owned());
+            assert_eq!(store.create(&record).await.unwrap(), Cas::Applied);
+            keys.push((record.key, record.version));
+        }
+        let set = store.user_key(user.as_bytes());
+        let indexed = || async {
+            let n: i64 = redis::cmd("SCARD")
+                .arg(&set)
+                .query_async(&mut store.conn())
+                .await
+                .unwrap();
+            n
+        };
+        assert_eq!(indexed().await, 40);
+        let before = write_round_trips(&store);
+        let answers = at_once(&store, &keys, |store, (key, version)| async move {
+            store.retire(&key, version).await
+        })
+        .await;
+        let sent = write_round_trips(&store) - before;
+        for answer in answers {
+            assert_eq!(answer.unwrap(), Cas::Applied);
+        }
+        assert_eq!(indexed().await, 0, "every retired session left the index");
+        assert!(
+            sent < 40,
+            "{sent} round trips for 40 retires and 40 removals"
+        );
+
+        // Removals alone, from 40 sets at once: they go through the
+        // script batcher (a plain SREM would count no round trip here).
+        let sets: Vec<String> = (0..40)
+            .map(|i| store.user_key(format!("user {i}").as_bytes()))
+            .collect();
+        for set in &sets {
+            let _: i64 = redis::cmd("SADD")
+                .arg(set)
+                .arg("member")
+                .query_async(&mut store.conn())
+                .await
+                .unwrap();
+        }
+        let before = write_round_trips(&store);
+        at_once(&store, &sets, |store, set| async move {
+            store.unindex(&set, &[b"member".to_vec()], "test").await;
+        })
+        .await;
+        let sent = write_round_trips(&store) - before;
+        assert!(
+            (1..40).contains(&sent),
+            "{sent} round trips for 40 removals"
+        );
+        for set in &sets {
+            let left: i64 = redis::cmd("SCARD")
+                .arg(set)
+                .query_async(&mut store.conn())
+                .await
+                .unwrap();
+            assert_eq!(left, 0);
+        }
+
+        let junk: Vec<String> = (0..2_500).map(|i| format!("not a key {i}")).collect();
+        let _: i64 = redis::cmd("SADD")
+            .arg(&set)
+            .arg(&junk)
+            .query_async(&mut store.conn())
+            .await
+            .unwrap();
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(&set)
+            .arg(60_000)
+            .query_async(&mut store.conn())
+            .await
+            .unwrap();
+        assert!(store.list_for_user(user).await.unwrap().is_empty());
+        assert_eq!(indexed().await, 0, "the junk entries were removed");
         clean(&store).await;
     }
 
