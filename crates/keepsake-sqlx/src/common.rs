@@ -1118,7 +1118,7 @@ pub(crate) fn limit(batch: u64) -> i64 {
 
 /// The builder methods and helpers every store has, and its `SessionStore`
 /// implementation. The store type must have the fields `pool`, `queries`
-/// (`Arc<Queries>`), `loads` (`Arc<Batches>`), `table`, `gc_batch_size` and
+/// (`Arc<Queries>`), `batches` (`Arc<Batches>`), `table`, `gc_batch_size` and
 /// `health` (`Option<Arc<Health>>`), and an inherent
 /// `fn table_ref(&self) -> String` (the quoted, possibly qualified, table
 /// name). `$db` is its sqlx database, `$dialect` its [`Dialect`]; `$text`
