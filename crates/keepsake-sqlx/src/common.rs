@@ -149,9 +149,29 @@ impl BindKeys for sqlx::Sqlite {
     }
 }
 
-/// The values bound for one row of a grouped compare-and-swap (an in-place
-/// save, a create, a retire): the row's parameters in a `VALUES` list, or
-/// its column arrays on PostgreSQL (`unnest`).
+/// One bound value of a row of a grouped compare-and-swap.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Param<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Int(i64),
+}
+
+impl Param<'_> {
+    /// The value of the same type in a padding row: an empty key matches
+    /// no record (and the create statement filters it out).
+    fn padding(self) -> Param<'static> {
+        match self {
+            Self::Text(_) => Param::Text(""),
+            Self::OptText(_) => Param::OptText(None),
+            Self::Int(_) => Param::Int(-1),
+        }
+    }
+}
+
+/// A write that a store groups (an in-place save, a create, a retire): its
+/// statement, its key, and its values in the order of the grouped
+/// statement's columns.
 pub(crate) trait GroupRow: Clone {
     /// The statement it belongs to.
     const STATEMENT: Statement;
@@ -159,46 +179,15 @@ pub(crate) trait GroupRow: Clone {
     /// The key of the record it writes.
     fn key(&self) -> &str;
 
-    /// Binds this row's parameters, in the order of the `VALUES` list.
-    fn bind_row<'q, DB>(
-        &'q self,
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>;
-
-    /// Binds the parameters of a padding row: its empty key matches no
-    /// record, and the statements skip it.
-    fn bind_padding<'q, DB>(
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>;
-
-    /// Binds the rows column by column, one array each.
-    #[cfg(feature = "postgres")]
-    fn bind_arrays<'q>(
-        rows: &[&'q Self],
-        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+    /// Its values, in the order of the statement's `VALUES` row (or of its
+    /// `unnest` arrays on PostgreSQL).
+    fn params(&self) -> impl Iterator<Item = Param<'_>>;
 }
 
 /// The single statement of a write that a store also groups: what a write
 /// alone in its batch, or written twice in one batch, is sent as.
 pub(crate) trait WriteOne<T> {
     fn write_one(&self, write: &T) -> impl Future<Output = sqlx::Result<Cas>> + Send;
-}
-
-/// One array of `rows`' values of a column.
-#[cfg(feature = "postgres")]
-fn column<'q, T, V>(rows: &[&'q T], f: impl Fn(&'q T) -> V) -> Vec<V> {
-    rows.iter().map(|row| f(row)).collect()
 }
 
 /// An in-place save: key, expected version, ip_address, user_agent,
@@ -210,59 +199,18 @@ impl GroupRow for (Record, i64) {
         self.0.key.as_str()
     }
 
-    fn bind_row<'q, DB>(
-        &'q self,
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>,
-    {
+    fn params(&self) -> impl Iterator<Item = Param<'_>> {
         let (record, expected) = self;
-        query
-            .bind(record.key.as_str())
-            .bind(*expected)
-            .bind(record.ip_address.as_deref())
-            .bind(record.user_agent.as_deref())
-            .bind(record.payload.as_str())
-            .bind(record.last_activity)
-            .bind(record.version)
-    }
-
-    fn bind_padding<'q, DB>(
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>,
-    {
-        query
-            .bind("")
-            .bind(-1_i64)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind("")
-            .bind(0_i64)
-            .bind(0_i64)
-    }
-
-    #[cfg(feature = "postgres")]
-    fn bind_arrays<'q>(
-        rows: &[&'q Self],
-        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(column(rows, |(r, _)| r.key.as_str()))
-            .bind(column(rows, |(_, expected)| *expected))
-            .bind(column(rows, |(r, _)| r.ip_address.as_deref()))
-            .bind(column(rows, |(r, _)| r.user_agent.as_deref()))
-            .bind(column(rows, |(r, _)| r.payload.as_str()))
-            .bind(column(rows, |(r, _)| r.last_activity))
-            .bind(column(rows, |(r, _)| r.version))
+        [
+            Param::Text(record.key.as_str()),
+            Param::Int(*expected),
+            Param::OptText(record.ip_address.as_deref()),
+            Param::OptText(record.user_agent.as_deref()),
+            Param::Text(record.payload.as_str()),
+            Param::Int(record.last_activity),
+            Param::Int(record.version),
+        ]
+        .into_iter()
     }
 }
 
@@ -274,61 +222,18 @@ impl GroupRow for Record {
         self.key.as_str()
     }
 
-    fn bind_row<'q, DB>(
-        &'q self,
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>,
-    {
-        query
-            .bind(self.key.as_str())
-            .bind(self.user_id.as_deref())
-            .bind(self.ip_address.as_deref())
-            .bind(self.user_agent.as_deref())
-            .bind(self.payload.as_str())
-            .bind(self.last_activity)
-            .bind(self.expires_at)
-            .bind(self.version)
-    }
-
-    fn bind_padding<'q, DB>(
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>,
-    {
-        query
-            .bind("")
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind("")
-            .bind(0_i64)
-            .bind(0_i64)
-            .bind(0_i64)
-    }
-
-    #[cfg(feature = "postgres")]
-    fn bind_arrays<'q>(
-        rows: &[&'q Self],
-        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(column(rows, |r| r.key.as_str()))
-            .bind(column(rows, |r| r.user_id.as_deref()))
-            .bind(column(rows, |r| r.ip_address.as_deref()))
-            .bind(column(rows, |r| r.user_agent.as_deref()))
-            .bind(column(rows, |r| r.payload.as_str()))
-            .bind(column(rows, |r| r.last_activity))
-            .bind(column(rows, |r| r.expires_at))
-            .bind(column(rows, |r| r.version))
+    fn params(&self) -> impl Iterator<Item = Param<'_>> {
+        [
+            Param::Text(self.key.as_str()),
+            Param::OptText(self.user_id.as_deref()),
+            Param::OptText(self.ip_address.as_deref()),
+            Param::OptText(self.user_agent.as_deref()),
+            Param::Text(self.payload.as_str()),
+            Param::Int(self.last_activity),
+            Param::Int(self.expires_at),
+            Param::Int(self.version),
+        ]
+        .into_iter()
     }
 }
 
@@ -340,39 +245,8 @@ impl GroupRow for (StorageKey, i64) {
         self.0.as_str()
     }
 
-    fn bind_row<'q, DB>(
-        &'q self,
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>,
-    {
-        query.bind(self.0.as_str()).bind(self.1)
-    }
-
-    fn bind_padding<'q, DB>(
-        query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        &'q str: sqlx::Encode<'q, DB> + Type<DB>,
-        Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
-        i64: sqlx::Encode<'q, DB> + Type<DB>,
-    {
-        query.bind("").bind(-1_i64)
-    }
-
-    #[cfg(feature = "postgres")]
-    fn bind_arrays<'q>(
-        rows: &[&'q Self],
-        query: Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(column(rows, |(key, _)| key.as_str()))
-            .bind(column(rows, |(_, expected)| *expected))
+    fn params(&self) -> impl Iterator<Item = Param<'_>> {
+        [Param::Text(self.0.as_str()), Param::Int(self.1)].into_iter()
     }
 }
 
@@ -389,18 +263,44 @@ pub(crate) trait BindRows: sqlx::Database {
     ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>;
 }
 
+/// The rows' values column by column, one array each, typed by the first
+/// row (every row of one kind has the same types).
 #[cfg(feature = "postgres")]
 impl BindRows for sqlx::Postgres {
     fn bind_rows<'q, T: GroupRow>(
-        query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
+        mut query: Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>>,
         rows: &[&'q T],
         _padded: usize,
     ) -> Query<'q, Self, <Self as sqlx::Database>::Arguments<'q>> {
-        T::bind_arrays(rows, query)
+        let table: Vec<Vec<Param<'q>>> = rows.iter().map(|row| row.params().collect()).collect();
+        let Some(first) = table.first() else {
+            return query;
+        };
+        for (c, kind) in first.iter().enumerate() {
+            let column = table.iter().map(|row| row[c]);
+            query = match kind {
+                Param::Text(_) => query.bind(
+                    column
+                        .map(|p| if let Param::Text(v) = p { v } else { "" })
+                        .collect::<Vec<_>>(),
+                ),
+                Param::OptText(_) => query.bind(
+                    column
+                        .map(|p| if let Param::OptText(v) = p { v } else { None })
+                        .collect::<Vec<_>>(),
+                ),
+                Param::Int(_) => query.bind(
+                    column
+                        .map(|p| if let Param::Int(v) = p { v } else { -1 })
+                        .collect::<Vec<_>>(),
+                ),
+            };
+        }
+        query
     }
 }
 
-/// Each row's parameters, then padding rows.
+/// Each row's values, then padding rows shaped like the first.
 fn bind_values<'q, DB, T: GroupRow>(
     mut query: Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
     rows: &[&'q T],
@@ -412,11 +312,21 @@ where
     Option<&'q str>: sqlx::Encode<'q, DB> + Type<DB>,
     i64: sqlx::Encode<'q, DB> + Type<DB>,
 {
+    let bind = |query: Query<'q, DB, _>, param: Param<'q>| match param {
+        Param::Text(v) => query.bind(v),
+        Param::OptText(v) => query.bind(v),
+        Param::Int(v) => query.bind(v),
+    };
     for row in rows {
-        query = row.bind_row(query);
+        query = row.params().fold(query, bind);
     }
-    for _ in rows.len()..padded {
-        query = T::bind_padding(query);
+    if let Some(first) = rows.first() {
+        for _ in rows.len()..padded {
+            query = first
+                .params()
+                .map(|p| -> Param<'q> { p.padding() })
+                .fold(query, bind);
+        }
     }
     query
 }
