@@ -114,7 +114,8 @@ async fn both_transports_answer_in_the_one_used() {
     assert!(response.headers().get(SET_COOKIE).is_some());
     let id = response.headers()[&TOKEN].to_str().unwrap().to_owned();
 
-    let put = json!([["put", "b", 2]]);
+    // A new id goes out only the way the old one came.
+    let put = json!([["put", "b", 2], ["regenerate"], ["id"]]);
     let response = send(
         &app,
         post_run()
@@ -123,17 +124,47 @@ async fn both_transports_answer_in_the_one_used() {
             .unwrap(),
     )
     .await;
-    assert!(response.headers().get(SET_COOKIE).is_some());
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     assert!(response.headers().get(&TOKEN).is_none());
+    let id = json(response).await[2]["ok"].as_str().unwrap().to_owned();
+    assert!(cookie.starts_with(&format!("keepsake_session={id};")));
 
-    let put = json!([["put", "c", 3]]);
+    let put = json!([["put", "c", 3], ["regenerate"], ["id"]]);
     let response = send(
         &app,
         post_run().header(&TOKEN, &id).body(body(&put)).unwrap(),
     )
     .await;
     assert!(response.headers().get(SET_COOKIE).is_none());
-    assert_eq!(response.headers()[&TOKEN], id.as_str());
+    let sent = response.headers()[&TOKEN].to_str().unwrap().to_owned();
+    assert_ne!(sent, id);
+    assert_eq!(json(response).await[2]["ok"], json!(sent));
+}
+
+#[tokio::test]
+async fn a_save_that_keeps_id_and_expiry_sends_neither() {
+    // The client already holds the id, and a cookie that expires with the
+    // stored expiry: a save within the expiry step changes neither.
+    let app = app().layer(SessionLayer::new(MemoryStore::new()).with_id_header(TOKEN));
+    let response = send(
+        &app,
+        post_run().body(body(&json!([["put", "a", 1]]))).unwrap(),
+    )
+    .await;
+    let id = response.headers()[&TOKEN].to_str().unwrap().to_owned();
+    for (request, expected) in [
+        (
+            post_run().header(COOKIE, format!("keepsake_session={id}")),
+            2,
+        ),
+        (post_run().header(&TOKEN, &id), 3),
+    ] {
+        let add = json!([["increment", "a", 1]]);
+        let response = send(&app, request.body(body(&add)).unwrap()).await;
+        assert!(response.headers().get(SET_COOKIE).is_none());
+        assert!(response.headers().get(&TOKEN).is_none());
+        assert_eq!(json(response).await[0]["ok"], json!(expected));
+    }
 }
 
 #[tokio::test]

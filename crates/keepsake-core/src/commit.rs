@@ -458,10 +458,23 @@ pub async fn commit<L: CommitLock>(
                 match saved {
                     Cas::Applied => {
                         let expires_at = record.expires_at;
-                        session.lock().committed(record);
-                        return Ok(Outcome::Send {
-                            value: session.id().as_str().to_owned(),
-                            expires_at,
+                        let mut inner = session.lock();
+                        // The id is the one the client sent, and the client's
+                        // cookie already expires with the stored expiry when
+                        // the save kept it: nothing to resend.
+                        let moved = inner
+                            .base
+                            .as_ref()
+                            .is_none_or(|base| base.expires_at != expires_at);
+                        inner.committed(record);
+                        drop(inner);
+                        return Ok(if moved {
+                            Outcome::Send {
+                                value: session.id().as_str().to_owned(),
+                                expires_at,
+                            }
+                        } else {
+                            Outcome::Keep
                         });
                     }
                     Cas::Conflict if attempts >= ctx.max_save_attempts => {
@@ -704,9 +717,15 @@ mod tests {
         let first = at(0);
         let a = load(&store, &id).await;
         a.put("n", 2).unwrap();
-        commit(&a, &store, &CommitLocks::default(), &first)
-            .await
-            .unwrap();
+        let outcome = commit(&a, &store, &CommitLocks::default(), &first).await;
+        assert_eq!(
+            outcome.unwrap(),
+            Outcome::Send {
+                value: id.as_str().to_owned(),
+                expires_at: first.now + idle
+            },
+            "a moved expiry is sent"
+        );
         assert_eq!(expiry(&store, &id).await, first.now + idle);
 
         // Less than a step later, a save keeps the stored expiry and the
@@ -722,11 +741,8 @@ mod tests {
         let outcome = commit(&b, &store, &CommitLocks::default(), &at(30)).await;
         assert_eq!(
             outcome.unwrap(),
-            Outcome::Send {
-                value: id.as_str().to_owned(),
-                expires_at: first.now + idle
-            },
-            "the cookie says what the store keeps"
+            Outcome::Keep,
+            "the client's cookie already expires with the kept expiry"
         );
         assert_eq!(expiry(&store, &id).await, first.now + idle);
         assert_eq!(
