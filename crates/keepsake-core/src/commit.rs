@@ -467,10 +467,9 @@ pub async fn commit<L: CommitLock>(
                             .as_ref()
                             .is_none_or(|base| base.expires_at != expires_at);
                         inner.committed(record);
-                        drop(inner);
                         return Ok(if moved {
                             Outcome::Send {
-                                value: session.id().as_str().to_owned(),
+                                value: inner.id.as_str().to_owned(),
                                 expires_at,
                             }
                         } else {
