@@ -409,9 +409,14 @@ impl SessionStore for Gated {
         self.sched.pause(self.request, "destroy").await;
         self.inner.destroy(key).await
     }
-    async fn retire(&self, key: &StorageKey, version: i64) -> keepsake::Result<Cas> {
+    async fn retire(
+        &self,
+        key: &StorageKey,
+        version: i64,
+        owner: Option<&str>,
+    ) -> keepsake::Result<Cas> {
         self.sched.pause(self.request, "retire").await;
-        self.inner.retire(key, version).await
+        self.inner.retire(key, version, owner).await
     }
     async fn gc(&self, now: i64) -> keepsake::Result<u64> {
         self.inner.gc(now).await

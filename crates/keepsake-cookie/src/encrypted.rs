@@ -154,8 +154,13 @@ impl<S: SessionStore> SessionStore for EncryptedStore<S> {
             .await
     }
 
-    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
-        self.inner.retire(key, expected_version).await
+    async fn retire(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        owner: Option<&str>,
+    ) -> Result<Cas> {
+        self.inner.retire(key, expected_version, owner).await
     }
 
     async fn destroy(&self, key: &StorageKey) -> Result<()> {

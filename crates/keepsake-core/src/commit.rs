@@ -24,7 +24,7 @@ use rand::Rng as _;
 use crate::error::{Error, Result};
 use crate::id::StorageKey;
 use crate::record::{Record, now_millis};
-use crate::session::{Inner, Session};
+use crate::session::{Base, Inner, Session};
 use crate::store::{Cas, SessionStore};
 
 /// The longest user id a session may carry, in bytes (MySQL's indexed
@@ -161,8 +161,8 @@ pub enum Plan {
     Create {
         /// The record to insert.
         record: Record,
-        /// The record of the old id and the version this request loaded.
-        replaces: Option<(StorageKey, i64)>,
+        /// The record of the old id, as this request loaded it.
+        replaces: Option<Loaded>,
     },
     /// Compare-and-swap the loaded record.
     Save {
@@ -188,11 +188,33 @@ pub enum Plan {
     /// The session was invalidated and is empty: retire the old record,
     /// if it is still at `version`.
     Destroy {
-        /// The record's key.
-        key: StorageKey,
-        /// The version this request loaded.
-        version: i64,
+        /// The record, as this request loaded it.
+        loaded: Loaded,
     },
+}
+
+/// The stored record a request loaded, as far as retiring it needs: its key,
+/// its version, and its owner (which the compare-and-swap on that version
+/// guarantees is still the owner when the retire applies).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Loaded {
+    /// The record's key.
+    pub key: StorageKey,
+    /// The version this request loaded.
+    pub version: i64,
+    /// The record's `user_id` at that version.
+    pub owner: Option<String>,
+}
+
+impl Loaded {
+    fn of(base: &Base) -> Self {
+        Self {
+            key: base.key.clone(),
+            version: base.version,
+            owner: base.user_id.clone(),
+        }
+    }
 }
 
 /// Works out the one write `session` needs. Flash data is aged once per
@@ -256,10 +278,10 @@ fn plan_locked(inner: &mut Inner, ctx: &CommitContext, client_side: bool) -> Res
     };
 
     if inner.id_changed || inner.base.is_none() {
-        let replaces = inner.base.as_ref().map(|b| (b.key.clone(), b.version));
+        let replaces = inner.base.as_ref().map(Loaded::of);
         if state.is_empty() && !inner.explicit_previous_url {
             return Ok(match replaces {
-                Some((key, version)) => Plan::Destroy { key, version },
+                Some(loaded) => Plan::Destroy { loaded },
                 None => Plan::Nothing,
             });
         }
@@ -359,10 +381,10 @@ pub async fn commit<L: CommitLock>(
     let serialize = match &plan {
         Plan::Save { record, .. } => Some(record.key.clone()),
         Plan::Create {
-            replaces: Some((old, _)),
+            replaces: Some(loaded),
             ..
         }
-        | Plan::Destroy { key: old, .. } => Some(old.clone()),
+        | Plan::Destroy { loaded } => Some(loaded.key.clone()),
         _ => None,
     };
     let _serialized = match &serialize {
@@ -398,18 +420,27 @@ pub async fn commit<L: CommitLock>(
                     },
                 );
             }
-            Plan::Destroy { key, version } => {
+            Plan::Destroy { loaded } => {
                 attempts += 1;
                 // Retired by a compare-and-swap at the version this request
                 // loaded: a write that landed meanwhile is replayed first, so
                 // what this request read still holds when it ends the session.
-                if store.retire(&key, version).await?.is_applied() {
+                let Loaded {
+                    key,
+                    version,
+                    owner,
+                } = &loaded;
+                if store
+                    .retire(key, *version, owner.as_deref())
+                    .await?
+                    .is_applied()
+                {
                     return Ok(Outcome::Remove);
                 }
                 if attempts >= ctx.max_save_attempts {
                     return Err(Error::Conflict { attempts });
                 }
-                let Some(fresh) = store.load(&key).await? else {
+                let Some(fresh) = store.load(key).await? else {
                     // Ended or moved to a new id by another request: this
                     // request's end of it did not happen as it saw it.
                     return Err(Error::Ended);
@@ -419,12 +450,10 @@ pub async fn commit<L: CommitLock>(
             Plan::Create { record, replaces } => match store.create(&record).await? {
                 Cas::Applied => {
                     let record = match replaces {
-                        Some((old, version)) => {
-                            match retire(store, session, ctx, old, version, record).await? {
-                                Some(record) => record,
-                                None => return Ok(Outcome::Remove),
-                            }
-                        }
+                        Some(old) => match retire(store, session, ctx, old, record).await? {
+                            Some(record) => record,
+                            None => return Ok(Outcome::Remove),
+                        },
                         None => record,
                     };
                     let expires_at = record.expires_at;
@@ -519,12 +548,11 @@ async fn retire(
     store: &dyn SessionStore,
     session: &Session,
     ctx: &CommitContext,
-    old: StorageKey,
-    expected: i64,
+    old: Loaded,
     new: Record,
 ) -> Result<Option<Record>> {
     let new_key = new.key.clone();
-    let result = retire_inner(store, session, ctx, &old, expected, new).await;
+    let result = retire_inner(store, session, ctx, old, new).await;
     if result.is_err()
         && let Err(error) = store.destroy(&new_key).await
     {
@@ -541,20 +569,24 @@ async fn retire_inner(
     store: &dyn SessionStore,
     session: &Session,
     ctx: &CommitContext,
-    old: &StorageKey,
-    mut expected: i64,
+    mut old: Loaded,
     mut new: Record,
 ) -> Result<Option<Record>> {
     for _ in 0..MAX_RETIRE_ATTEMPTS {
-        if store.retire(old, expected).await?.is_applied() {
+        if store
+            .retire(&old.key, old.version, old.owner.as_deref())
+            .await?
+            .is_applied()
+        {
             return Ok(Some(new));
         }
-        let Some(fresh) = store.load(old).await? else {
+        let Some(fresh) = store.load(&old.key).await? else {
             // Ended by another request meanwhile (a logout, a login in
             // another tab, expiry): this id change does not fork it.
             return Err(Error::Ended);
         };
-        expected = fresh.version;
+        old.version = fresh.version;
+        old.owner.clone_from(&fresh.user_id);
         session.lock().rebase(fresh)?;
         let record = match self::plan(session, ctx, false)? {
             Plan::Create { record, .. } => record,
@@ -562,7 +594,7 @@ async fn retire_inner(
             // storing: both records go.
             Plan::Destroy { .. } => {
                 store.destroy(&new.key).await?;
-                store.destroy(old).await?;
+                store.destroy(&old.key).await?;
                 return Ok(None);
             }
             _ => return Err(Error::Ended),

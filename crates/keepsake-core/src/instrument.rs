@@ -325,11 +325,16 @@ impl<S: SessionStore> SessionStore for Instrumented<S> {
             .await
     }
 
-    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+    async fn retire(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        owner: Option<&str>,
+    ) -> Result<Cas> {
         self.observe(
             Operation::Retire,
             Some(key),
-            self.inner.retire(key, expected_version),
+            self.inner.retire(key, expected_version, owner),
             cas,
         )
         .await

@@ -384,7 +384,12 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+    async fn retire(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        _owner: Option<&str>,
+    ) -> Result<Cas> {
         let bytes = key.to_bytes();
         let now = crate::now();
         let mut shard = self.shard(&bytes);

@@ -105,10 +105,23 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// one compare-and-swap. [`Cas::Conflict`] when the record is gone,
     /// expired or at another version (another request saved meanwhile).
     ///
+    /// `owner` is the `user_id` of the record at `expected_version`, as the
+    /// caller loaded it: when the retire is applied it is the owner of the
+    /// record that was deleted, so a store that keeps an index of each
+    /// user's sessions may remove the entry in the same step instead of
+    /// reading the owner back first. Stores whose index is a column of the
+    /// record ignore it.
+    ///
     /// The default saves an expired tombstone at the expected version (so
     /// the id stops loading atomically) and then destroys it, two round
     /// trips; stores that can delete conditionally do it in one.
-    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+    async fn retire(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        owner: Option<&str>,
+    ) -> Result<Cas> {
+        let _ = owner;
         let now = crate::now();
         let tombstone = Record {
             key: key.clone(),
@@ -240,17 +253,19 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     {
         (**self).destroy(key)
     }
-    fn retire<'a, 'b, 'f>(
+    fn retire<'a, 'b, 'c, 'f>(
         &'a self,
         key: &'b StorageKey,
         expected_version: i64,
+        owner: Option<&'c str>,
     ) -> StoreFuture<'f, Cas>
     where
         'a: 'f,
         'b: 'f,
+        'c: 'f,
         Self: 'f,
     {
-        (**self).retire(key, expected_version)
+        (**self).retire(key, expected_version, owner)
     }
     fn gc<'a, 'f>(&'a self, now: i64) -> StoreFuture<'f, u64>
     where

@@ -380,7 +380,12 @@ pub async fn retire_is_conditional(store: &impl SessionStore, options: Options) 
     }
     assert_eq!(ok(store.create(&r).await, "create"), Cas::Applied);
     assert_eq!(
-        ok(store.retire(&r.key, r.version + 1).await, "retire"),
+        ok(
+            store
+                .retire(&r.key, r.version + 1, r.user_id.as_deref())
+                .await,
+            "retire"
+        ),
         Cas::Conflict,
         "retire_is_conditional: another version is not retired"
     );
@@ -389,7 +394,10 @@ pub async fn retire_is_conditional(store: &impl SessionStore, options: Options) 
         "retire_is_conditional: a refused retire leaves the record"
     );
     assert_eq!(
-        ok(store.retire(&r.key, r.version).await, "retire"),
+        ok(
+            store.retire(&r.key, r.version, r.user_id.as_deref()).await,
+            "retire"
+        ),
         Cas::Applied,
         "retire_is_conditional: the expected version is retired"
     );
@@ -399,7 +407,10 @@ pub async fn retire_is_conditional(store: &impl SessionStore, options: Options) 
         "retire_is_conditional: a retired record no longer loads"
     );
     assert_eq!(
-        ok(store.retire(&r.key, r.version).await, "retire"),
+        ok(
+            store.retire(&r.key, r.version, r.user_id.as_deref()).await,
+            "retire"
+        ),
         Cas::Conflict,
         "retire_is_conditional: a missing record is not retired twice"
     );

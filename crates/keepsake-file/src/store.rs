@@ -663,7 +663,12 @@ impl SessionStore for FileStore {
             .await
     }
 
-    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+    async fn retire(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        _owner: Option<&str>,
+    ) -> Result<Cas> {
         let key = key.clone();
         let now = keepsake_core::now();
         self.blocking("retire", move |inner| {

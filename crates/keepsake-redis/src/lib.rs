@@ -80,14 +80,16 @@
 //! instead of once per save. On a cluster each call is its own command.
 //!
 //! On a single node the owner's index set is updated inside the same script
-//! as the session. Keeping the index exact costs one more command in the
-//! rarer cases: a `save` that changes the owner (removing the entry from the
-//! previous owner's set), a `retire` or `destroy` of a session with an owner
-//! (a login or logout removing it from its owner's set), and a `touch` of a
-//! session with an owner (extending the set's expiry, so the set outlives
-//! the session whose expiry the touch just moved). The removals are a small
-//! script too, so they join the pipeline of the calls waiting beside them
-//! rather than taking a round trip of their own.
+//! as the session, a `retire` included (a login or logout ends the old
+//! record: the layer passes the owner it loaded, and the script removes the
+//! entry from that owner's set). Keeping the index exact costs one more
+//! command in the rarer cases: a `save` that changes the owner (removing the
+//! entry from the previous owner's set), a `destroy` of a session with an
+//! owner, and a `touch` of a session with an owner (extending the set's
+//! expiry, so the set outlives the session whose expiry the touch just
+//! moved). The removals are a small script too, so they join the pipeline
+//! of the calls waiting beside them rather than taking a round trip of
+//! their own.
 //!
 //! # Redis Cluster
 //!

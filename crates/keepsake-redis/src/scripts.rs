@@ -170,9 +170,13 @@ return {1}
     )
 });
 
-/// Deletes the record if it is at the expected version (`ARGV[1]`). Returns
-/// `{0}` when missing or at another version, `{1}` or `{1, owner}` when
-/// deleted.
+/// Deletes the record if it is at the expected version (`ARGV[1]`). Given
+/// the owner's index set (`KEYS[2]`), the member (`ARGV[2]`) and the owner
+/// the caller expects (`ARGV[3]`), it also removes the member from the set
+/// when the record's owner is that one. Returns `{0}` when missing or at
+/// another version, `{1}` when deleted with no index entry left to remove,
+/// `{1, owner}` when deleted and the entry in `owner`'s set is the caller's
+/// to remove.
 pub(crate) static RETIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -182,6 +186,10 @@ if current[1] ~= ARGV[1] then
 end
 redis.call('DEL', KEYS[1])
 if current[2] then
+  if KEYS[2] and current[2] == ARGV[3] then
+    redis.call('SREM', KEYS[2], ARGV[2])
+    return {1}
+  end
   return {1, current[2]}
 end
 return {1}

@@ -686,12 +686,28 @@ impl SessionStore for RedisStore {
         Ok(Cas::Applied)
     }
 
-    /// One script that deletes the hash if it is at the expected version and
-    /// returns its owner; for a session with an owner, a second command
-    /// removes it from the owner's index.
-    async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+    /// One script that deletes the hash if it is at the expected version. On
+    /// a single node, told the owner (as the layer always is), the same
+    /// script removes the session from the owner's index. Otherwise (a
+    /// cluster, or no owner given for a session that has one) the script
+    /// returns the owner and a second command removes the index entry.
+    async fn retire(
+        &self,
+        key: &StorageKey,
+        expected_version: i64,
+        owner: Option<&str>,
+    ) -> Result<Cas> {
         let mut invocation = scripts::RETIRE.key(self.session_key(key));
         invocation.arg(expected_version);
+        // On a single node the owner's index entry goes in the same script;
+        // a cluster (another slot) or an owner that turns out to be another
+        // takes the second command below.
+        if let (Some(owner), false) = (owner, self.is_cluster()) {
+            invocation
+                .key(self.user_key(owner.as_bytes()))
+                .arg(key.as_str())
+                .arg(owner);
+        }
         let reply: Vec<Value> = self.eval(invocation, "retire").await?;
         if !matches!(reply.first(), Some(Value::Int(1))) {
             return Ok(Cas::Conflict);
@@ -1152,6 +1168,66 @@ mod tests {
         clean(&store).await;
     }
 
+    /// A lone retire told the session's owner removes the index entry in
+    /// its own script: one round trip. Without the owner, or with another
+    /// one, the script answers the real owner and a second command removes
+    /// the entry from that owner's set; the other set is left alone.
+    #[tokio::test]
+    async fn a_retire_told_the_owner_leaves_the_index_in_one_round_trip() {
+        let Some(store) = test_store().await else {
+            return;
+        };
+        let owned = |user: &str| {
+            let mut record = keepsake_core::test_kit::record(r#"{"d":{}}"#);
+            record.user_id = Some(user.to_owned());
+            record
+        };
+        let members = |user: &'static str| {
+            let set = store.user_key(user.as_bytes());
+            let mut conn = store.conn();
+            async move {
+                let members: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(&set)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                members
+            }
+        };
+        let other = owned("other");
+        assert_eq!(store.create(&other).await.unwrap(), Cas::Applied);
+        let cases: [(Option<&str>, usize); 3] = [(Some("alice"), 1), (None, 2), (Some("other"), 2)];
+        for (told, round_trips) in cases {
+            let record = owned("alice");
+            assert_eq!(store.create(&record).await.unwrap(), Cas::Applied);
+            assert_eq!(members("alice").await, [record.key.as_str()]);
+            let before = write_round_trips(&store);
+            assert_eq!(
+                store
+                    .retire(&record.key, record.version, told)
+                    .await
+                    .unwrap(),
+                Cas::Applied
+            );
+            assert_eq!(
+                write_round_trips(&store) - before,
+                round_trips,
+                "round trips of a retire told {told:?}"
+            );
+            assert!(store.load(&record.key).await.unwrap().is_none());
+            assert!(
+                members("alice").await.is_empty(),
+                "told {told:?}, the retire left the owner's index"
+            );
+            assert_eq!(
+                members("other").await,
+                [other.key.as_str()],
+                "told {told:?}, another user's index is untouched"
+            );
+        }
+        clean(&store).await;
+    }
+
     /// 40 sessions of one user retired at once: each leaves the user's
     /// index, and the index removals share the pipelines of the other
     /// script calls (far fewer round trips than retires and removals). Then
@@ -1183,7 +1259,7 @@ mod tests {
         assert_eq!(indexed().await, 40);
         let before = write_round_trips(&store);
         let answers = at_once(&store, &keys, |store, (key, version)| async move {
-            store.retire(&key, version).await
+            store.retire(&key, version, None).await
         })
         .await;
         let sent = write_round_trips(&store) - before;

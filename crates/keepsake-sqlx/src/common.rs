@@ -1408,7 +1408,12 @@ macro_rules! impl_store {
 
             /// Grouped with the retires waiting at the same moment (not on
             /// MySQL): one statement for all of them.
-            async fn retire(&self, key: &StorageKey, expected_version: i64) -> Result<Cas> {
+            async fn retire(
+                &self,
+                key: &StorageKey,
+                expected_version: i64,
+                _owner: Option<&str>,
+            ) -> Result<Cas> {
                 if !self.queries.groups($crate::common::Statement::Retire) {
                     return self
                         .retire_one(key, expected_version)

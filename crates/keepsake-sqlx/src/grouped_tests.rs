@@ -358,7 +358,7 @@ async fn grouped_creates_and_retires_answer_each_caller<S>(
     }
     let before = batches.count(Statement::Retire);
     let answers = at_once(store, &retires, |store, (key, version)| async move {
-        store.retire(&key, version).await.unwrap()
+        store.retire(&key, version, None).await.unwrap()
     })
     .await;
     let sent = batches.count(Statement::Retire) - before;
@@ -387,7 +387,10 @@ async fn grouped_creates_and_retires_answer_each_caller<S>(
         batches.count(Statement::Retire),
     );
     assert_eq!(store.create(&lone).await.unwrap(), Cas::Applied);
-    assert_eq!(store.retire(&lone.key, 1).await.unwrap(), Cas::Applied);
+    assert_eq!(
+        store.retire(&lone.key, 1, None).await.unwrap(),
+        Cas::Applied
+    );
     assert_eq!(
         (
             batches.count(Statement::Create) - creates_before,
@@ -434,7 +437,7 @@ where
         assert_backend_error(&answer.unwrap_err(), kind, "create");
     }
     let answers = at_once(store, &keys, |store, key| async move {
-        store.retire(&key, 1).await
+        store.retire(&key, 1, None).await
     })
     .await;
     for answer in answers {
