@@ -5,9 +5,18 @@
 //! There is no timer. A lookup that finds no batch in flight goes out at
 //! once, alone, so a lone request waits for nothing. Lookups that arrive
 //! while a batch is in flight queue up; when it returns, everything queued
-//! goes out together as the next batch, led by one of the queued callers.
-//! Under load the batch size thus follows the round-trip time and the
-//! arrival rate by itself.
+//! goes out together as the next batch, led by one of the queued callers,
+//! with whatever queued until the moment it is sent. Under load the batch
+//! size thus follows the round-trip time and the arrival rate by itself.
+//!
+//! Under load, lookups also arrive together: a server that reads several
+//! requests off the network at once runs their handlers one after another
+//! on the same scheduler tick. Once a batch has carried more than one
+//! lookup, a caller that starts a new batch first yields to the scheduler
+//! once (`tokio::task::yield_now`, not a sleep), so the lookups of the
+//! tasks that are ready at that moment join it instead of each leading a
+//! round trip of its own. A batch of one turns this off again, so while
+//! requests come one at a time nothing ever yields.
 //!
 //! No task is spawned: the caller that leads a batch runs it on its own
 //! task. If that caller is cancelled (its future dropped) mid-batch, the
@@ -49,6 +58,9 @@ struct State<K, V, E> {
     queue: Vec<Entry<K, V, E>>,
     /// True while a caller leads a batch (or holds the lead to start one).
     leading: bool,
+    /// True when the last batch carried more than one lookup: lookups are
+    /// arriving together, and a new lead yields once to gather them.
+    shared: bool,
 }
 
 struct Entry<K, V, E> {
@@ -76,6 +88,7 @@ impl<K, V, E> fmt::Debug for Batcher<K, V, E> {
         f.debug_struct("Batcher")
             .field("queued", &state.queue.len())
             .field("leading", &state.leading)
+            .field("shared", &state.shared)
             .finish()
     }
 }
@@ -88,6 +101,7 @@ impl<K, V, E> Batcher<K, V, E> {
             state: Mutex::new(State {
                 queue: Vec::new(),
                 leading: false,
+                shared: false,
             }),
         }
     }
@@ -130,15 +144,15 @@ impl<K: Clone, V, E> Batcher<K, V, E> {
                     None
                 } else {
                     state.leading = true;
-                    Some(vec![entry])
+                    Some((vec![entry], state.shared))
                 }
             };
             let mut waiting = Waiting {
                 batcher: self,
                 receiver: Some(receiver),
             };
-            let batch = match batch {
-                Some(batch) => batch,
+            let (batch, gather) = match batch {
+                Some(lead) => lead,
                 None => match waiting.recv().await {
                     Some(Message::Done(answer)) => return answer,
                     Some(Message::Lead(mut batch)) => {
@@ -152,13 +166,13 @@ impl<K: Clone, V, E> Batcher<K, V, E> {
                             },
                         );
                         waiting.receiver = Some(receiver);
-                        batch
+                        (batch, false)
                     }
                     // Our entry was lost with a cancelled caller: queue again.
                     None => continue,
                 },
             };
-            self.lead(batch, &fetch).await;
+            self.lead(batch, gather, &fetch).await;
             match waiting.recv().await {
                 Some(Message::Done(answer)) => return answer,
                 // Unreachable: the batch we led answered our own entry. Kept
@@ -169,9 +183,10 @@ impl<K: Clone, V, E> Batcher<K, V, E> {
         }
     }
 
-    /// Runs `batch` and then everything queued meanwhile is handed to one
-    /// of the queued callers.
-    async fn lead<F, Fut>(&self, batch: Vec<Entry<K, V, E>>, fetch: &F)
+    /// Runs `batch`, with the lookups queued up to the moment it goes out,
+    /// and then hands everything queued meanwhile to one of the queued
+    /// callers. With `gather`, it first yields to the scheduler once.
+    async fn lead<F, Fut>(&self, batch: Vec<Entry<K, V, E>>, gather: bool, fetch: &F)
     where
         F: Fn(Vec<K>) -> Fut,
         Fut: Future<Output = Result<Vec<V>, E>>,
@@ -180,6 +195,17 @@ impl<K: Clone, V, E> Batcher<K, V, E> {
             batcher: self,
             batch,
         };
+        if gather {
+            tokio::task::yield_now().await;
+        }
+        // Lookups that queued while this lead was handed over, or during
+        // the yield, would otherwise wait a whole round trip for the next
+        // batch.
+        {
+            let mut state = self.lock();
+            leading.batch.append(&mut state.queue);
+            state.shared = leading.batch.len() > 1;
+        }
         let keys = leading.batch.iter().map(|e| e.key.clone()).collect();
         let answer = fetch(keys).await;
         let batch = std::mem::take(&mut leading.batch);
@@ -334,9 +360,37 @@ mod tests {
     async fn a_single_lookup_goes_straight_through() {
         let batcher = TestBatcher::new();
         let batches = Mutex::new(Vec::new());
-        assert_eq!(batcher.run(21, doubling(&batches)).await, Ok(42));
-        assert_eq!(batcher.run(5, doubling(&batches)).await, Ok(10));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        for key in [21, 5] {
+            // Answered in its first poll: it neither waits nor yields.
+            let lookup = std::pin::pin!(batcher.run(key, doubling(&batches)));
+            assert_eq!(lookup.poll(&mut cx), std::task::Poll::Ready(Ok(key * 2)));
+        }
         assert_eq!(*batches.lock().unwrap(), [vec![21], vec![5]]);
+        assert!(!batcher.lock().leading);
+    }
+
+    /// Lookups that are ready at the same moment (here: joined in one
+    /// task) are each a batch of their own while lookups come alone. Once a
+    /// batch carried several, a new lead yields once and takes those that
+    /// queued meanwhile; a batch of one turns that off again.
+    #[tokio::test]
+    async fn after_a_shared_batch_lookups_ready_together_go_in_one() {
+        let batcher = TestBatcher::new();
+        let batches = Mutex::new(Vec::new());
+        let run = |key| batcher.run(key, doubling(&batches));
+        assert_eq!(tokio::join!(run(1), run(2)), (Ok(2), Ok(4)));
+        assert_eq!(*batches.lock().unwrap(), [vec![1], vec![2]]);
+        assert!(!batcher.lock().shared);
+
+        batcher.lock().shared = true;
+        assert_eq!(tokio::join!(run(3), run(4), run(5)), (Ok(6), Ok(8), Ok(10)));
+        assert_eq!(batches.lock().unwrap()[2..], [vec![3, 4, 5]]);
+        assert!(batcher.lock().shared);
+
+        assert_eq!(run(6).await, Ok(12));
+        assert!(!batcher.lock().shared, "a batch of one stops the gathering");
         assert!(!batcher.lock().leading);
     }
 
@@ -438,6 +492,22 @@ mod tests {
         }
     }
 
+    /// Polls a new leader (which first yields once) until its fetch has
+    /// started and holds the first batch.
+    fn poll_until_fetching<F: Future>(
+        mut leader: std::pin::Pin<&mut F>,
+        cx: &mut std::task::Context<'_>,
+        batches: &Mutex<Vec<Vec<u32>>>,
+    ) {
+        for _ in 0..10 {
+            assert!(leader.as_mut().poll(cx).is_pending());
+            if !batches.lock().unwrap().is_empty() {
+                return;
+            }
+        }
+        panic!("the leader never started its fetch");
+    }
+
     #[tokio::test]
     async fn a_cancelled_leader_hands_its_batch_on() {
         let batcher = TestBatcher::new();
@@ -453,7 +523,7 @@ mod tests {
         let mut cx = std::task::Context::from_waker(waker);
         // The leader starts its batch and is then dropped (cancelled).
         let mut leader = Box::pin(batcher.run(1, fetch));
-        assert!(leader.as_mut().poll(&mut cx).is_pending());
+        poll_until_fetching(leader.as_mut(), &mut cx, &batches);
         let mut waiter = Box::pin(batcher.run(2, fetch));
         assert!(waiter.as_mut().poll(&mut cx).is_pending());
         drop(leader);
@@ -474,7 +544,7 @@ mod tests {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         let mut leader = Box::pin(batcher.run(1, fetch));
-        assert!(leader.as_mut().poll(&mut cx).is_pending());
+        poll_until_fetching(leader.as_mut(), &mut cx, &batches);
         let mut gone = Box::pin(batcher.run(2, fetch));
         assert!(gone.as_mut().poll(&mut cx).is_pending());
         let mut kept = Box::pin(batcher.run(3, fetch));

@@ -57,8 +57,10 @@
 //! - `load`: one `HMGET`. On a single node, loads that arrive while another
 //!   is in flight wait for it and then go out together as one pipeline (no
 //!   timer: a load alone goes out at once); each gets its own answer, and a
-//!   failed round trip fails every load in it. On a cluster each load is its
-//!   own command.
+//!   failed round trip fails every load in it. Under load (once a pipeline
+//!   carried more than one load), the load that starts a pipeline first
+//!   yields to the scheduler once, so the loads of requests that are ready
+//!   at that moment join it. On a cluster each load is its own command.
 //! - `create`: one Lua script: insert-if-absent, `PEXPIREAT`.
 //! - `save`: one Lua script: compare-and-swap on `version`, then the new
 //!   fields and `PEXPIREAT`. It never re-creates a key that was destroyed or

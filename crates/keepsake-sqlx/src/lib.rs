@@ -117,7 +117,10 @@
 //! together, as one statement of up to 64 keys (more are split), and each
 //! gets its own record back, or `None`. There is no timer: under load the
 //! group grows with the round-trip time by itself, and the server answers
-//! one statement instead of dozens. When a grouped statement fails, every
+//! one statement instead of dozens. Once a group has carried more than one
+//! load, the load that starts the next group first yields to the
+//! scheduler once, so the loads of requests that are ready at that moment
+//! join it (`keepsake_core::batch` tells how). When a grouped statement fails, every
 //! load in it gets that error. Each table (each `with_table_name`) groups
 //! its own loads; clones of a store share theirs.
 //!
