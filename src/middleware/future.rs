@@ -12,15 +12,15 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 
 use super::layer::SessionLayer;
-use super::service::{RequestInfo, finish};
+use super::service::{Begun, RequestInfo, begin};
 
 pin_project! {
     /// The response future of [`SessionService`](super::SessionService): the
     /// inner service's response, then the session's one write.
     ///
     /// The inner future is held inline, not boxed: a request whose handler
-    /// never took its session costs no allocation here. Only the commit of a
-    /// session that was used is boxed.
+    /// never took its session, or whose session has nothing to send to the
+    /// store, costs no allocation here. Only a store write is boxed.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
@@ -77,8 +77,11 @@ where
                         // The handler never took its session: nothing to write.
                         return Poll::Ready(Ok(response));
                     };
-                    let commit =
-                        Box::pin(async move { finish(&layer, session, info, response).await });
+                    let write = match begin(&layer, session, info, response) {
+                        Begun::Done(response) => return Poll::Ready(Ok(response)),
+                        Begun::Write(write) => write,
+                    };
+                    let commit = Box::pin(async move { write.run(&layer).await });
                     self.as_mut()
                         .project()
                         .state

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use axum_core::response::Response;
 use http::header::{CACHE_CONTROL, SET_COOKIE, VARY};
 use http::{HeaderValue, Request};
+use keepsake_core::commit::{self, Decided, Plan};
 use keepsake_core::{
     CommitContext, Outcome, Report, Session, SessionFailure, SessionHandle, SessionStore,
     default_error_response,
@@ -95,20 +96,23 @@ where
     }
 }
 
-/// After the handler: the session's one write, the cookie, the lottery.
-pub(crate) async fn finish(
+/// After the handler, up to the store write: the cache headers, the
+/// previous URL, the binding, and the commit's decision. A request that
+/// has nothing to send to the store (most reads) ends here, with no
+/// future built for the write.
+pub(crate) fn begin(
     layer: &SessionLayer,
     session: Session,
     info: RequestInfo,
     mut response: Response,
-) -> Response {
+) -> Begun {
     let config = &layer.config;
     let server_error = response.status().is_server_error();
     if config.cache_headers {
         add_cache_headers(config, &mut response);
     }
     if server_error && !config.save_on_server_error {
-        return response;
+        return Begun::Done(response);
     }
     if let Some(url) = info.previous_url.as_deref()
         && response.status().is_success()
@@ -123,14 +127,8 @@ pub(crate) async fn finish(
         session.set_binding(Some(fingerprint.clone()));
     }
 
-    let now = keepsake_core::now();
-    let (via_cookie, via_header) = match (config.use_cookie, &config.id_header, info.source) {
-        (true, Some(_), SessionSource::Header) => (false, true),
-        (true, Some(_), SessionSource::Cookie) => (true, false),
-        (use_cookie, header, _) => (use_cookie, header.is_some()),
-    };
     let ctx = CommitContext {
-        now,
+        now: keepsake_core::now(),
         idle_lifetime: config.idle_lifetime.as_secs(),
         absolute_lifetime: config.absolute_lifetime.map(|d| d.as_secs()),
         touch_after: config.touch_after.as_secs(),
@@ -138,7 +136,73 @@ pub(crate) async fn finish(
         user_agent: info.user_agent,
         max_save_attempts: config.max_save_attempts,
     };
-    match keepsake_core::commit::commit(&session, &*layer.store, &*layer.commits, &ctx).await {
+    match commit::decide(&session, &*layer.store, &ctx) {
+        Ok(Decided::Write(plan)) => Begun::Write(Write {
+            session,
+            source: info.source,
+            ctx,
+            plan,
+            response,
+        }),
+        Ok(Decided::Done(outcome)) => {
+            Begun::Done(respond(layer, info.source, ctx.now, Ok(outcome), response))
+        }
+        Err(error) => Begun::Done(respond(layer, info.source, ctx.now, Err(error), response)),
+    }
+}
+
+/// Where [`begin`] left a request.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per request and moved at once into the response or the write future"
+)]
+pub(crate) enum Begun {
+    /// The response, complete.
+    Done(Response),
+    /// A store write still to make, with [`Write::run`].
+    Write(Write),
+}
+
+/// A request's store write, decided and not yet made.
+pub(crate) struct Write {
+    session: Session,
+    source: SessionSource,
+    ctx: CommitContext,
+    plan: Plan,
+    response: Response,
+}
+
+impl Write {
+    /// Makes the write; the response carries its outcome.
+    pub(crate) async fn run(self, layer: &SessionLayer) -> Response {
+        let Self {
+            session,
+            source,
+            ctx,
+            plan,
+            response,
+        } = self;
+        let outcome = commit::write(&session, &*layer.store, &*layer.commits, &ctx, plan).await;
+        respond(layer, source, ctx.now, outcome, response)
+    }
+}
+
+/// The response for the commit's `outcome`: the cookie or id header it
+/// sets or removes, or the error response; then the GC lottery.
+fn respond(
+    layer: &SessionLayer,
+    source: SessionSource,
+    now: i64,
+    outcome: keepsake_core::Result<Outcome>,
+    mut response: Response,
+) -> Response {
+    let config = &layer.config;
+    let (via_cookie, via_header) = match (config.use_cookie, &config.id_header, source) {
+        (true, Some(_), SessionSource::Header) => (false, true),
+        (true, Some(_), SessionSource::Cookie) => (true, false),
+        (use_cookie, header, _) => (use_cookie, header.is_some()),
+    };
+    match outcome {
         Ok(Outcome::Keep) => {}
         Ok(Outcome::Send { value, expires_at }) => {
             if via_cookie {

@@ -365,19 +365,66 @@ pub async fn commit<L: CommitLock>(
     locks: &L,
     ctx: &CommitContext,
 ) -> Result<Outcome> {
+    match decide(session, store, ctx)? {
+        Decided::Done(outcome) => Ok(outcome),
+        Decided::Write(plan) => write(session, store, locks, ctx, plan).await,
+    }
+}
+
+/// What [`decide`] found: the outcome, or the write still to make.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per request and moved straight into the write; boxing the plan would add an allocation to every write"
+)]
+pub enum Decided {
+    /// Nothing to send to the store (or a client-side store, whose record
+    /// is sealed at once): the request's outcome.
+    Done(Outcome),
+    /// The store write to make with [`write`].
+    Write(Plan),
+}
+
+/// The first half of [`commit`], with no await: decides the request's
+/// write, and ends the request here when there is nothing to send to the
+/// store. A caller can so skip building the future of [`write`] for the
+/// common request that only read its session.
+///
+/// # Errors
+///
+/// As [`commit`], for what is decided before any store call.
+pub fn decide(session: &Session, store: &dyn SessionStore, ctx: &CommitContext) -> Result<Decided> {
     if let Some(client) = store.client_side() {
-        return match plan(session, ctx, true)? {
-            Plan::Nothing | Plan::Touch { .. } => Ok(Outcome::Keep),
-            Plan::Destroy { .. } => Ok(Outcome::Remove),
+        return Ok(Decided::Done(match plan(session, ctx, true)? {
+            Plan::Nothing | Plan::Touch { .. } => Outcome::Keep,
+            Plan::Destroy { .. } => Outcome::Remove,
             Plan::Create { record, .. } | Plan::Save { record, .. } => {
                 let value = client.seal(&session.id(), &record)?;
                 let expires_at = record.expires_at;
                 session.lock().committed(record);
-                Ok(Outcome::Send { value, expires_at })
+                Outcome::Send { value, expires_at }
             }
-        };
+        }));
     }
-    let mut plan = plan(session, ctx, false)?;
+    Ok(match plan(session, ctx, false)? {
+        Plan::Nothing => Decided::Done(Outcome::Keep),
+        plan => Decided::Write(plan),
+    })
+}
+
+/// The second half of [`commit`]: makes the write [`decide`] planned, for a
+/// store that is not client-side.
+///
+/// # Errors
+///
+/// As [`commit`].
+pub async fn write<L: CommitLock>(
+    session: &Session,
+    store: &dyn SessionStore,
+    locks: &L,
+    ctx: &CommitContext,
+    mut plan: Plan,
+) -> Result<Outcome> {
     let serialize = match &plan {
         Plan::Save { record, .. } => Some(record.key.clone()),
         Plan::Create {
