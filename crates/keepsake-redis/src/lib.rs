@@ -61,6 +61,17 @@
 //!   carried more than one load), the load that starts a pipeline first
 //!   yields to the scheduler once, so the loads of requests that are ready
 //!   at that moment join it. On a cluster each load is its own command.
+//!
+//!   A store made by [`RedisStore::connect`] on a plain `redis://` address
+//!   (not TLS, not a Unix socket, not RESP3) sends those pipelines on a
+//!   second connection of its own, opened at the first load: only one
+//!   pipeline of loads is in flight at a time, so the caller that leads it
+//!   writes the `HMGET`s and reads their replies itself, with no background
+//!   task in between, and decodes them in place. It logs in and selects the
+//!   database as the URL says, is replaced after any failure (a pipeline
+//!   the server closed while it sat idle is sent once more on a new one),
+//!   and has the same 1 s connect and response timeouts. A store built with
+//!   [`RedisStore::new`] sends its loads on the connection it was given.
 //! - `create`: one Lua script: insert-if-absent, `PEXPIREAT`.
 //! - `save`: one Lua script: compare-and-swap on `version`, then the new
 //!   fields and `PEXPIREAT`. It never re-creates a key that was destroyed or
@@ -133,6 +144,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod conn;
+mod reader;
 mod scripts;
 mod store;
 

@@ -18,6 +18,7 @@ use redis::{
 use sha2::{Digest as _, Sha256};
 
 use crate::conn::Conn;
+use crate::reader::{Fields, Reader};
 use crate::scripts;
 
 const KIND: &str = "redis";
@@ -26,7 +27,7 @@ const KIND: &str = "redis";
 pub const DEFAULT_PREFIX: &str = "keepsake:";
 
 /// The hash fields of a session, in the order `load` reads them.
-const FIELDS: [&str; 7] = [
+pub(crate) const FIELDS: [&str; 7] = [
     "payload",
     "version",
     "expires_at",
@@ -71,13 +72,13 @@ pub struct RedisStore {
     /// The loads waiting at the same moment, sent as one pipeline (single
     /// node only).
     loads: Arc<Grouped<StorageKey, Fields>>,
+    /// The connection of the store's own those pipelines go out on, when
+    /// [`RedisStore::connect`] opened the store on a plain TCP address.
+    reader: Option<Arc<Reader>>,
     /// The script calls waiting at the same moment, sent as one pipeline
     /// (single node only).
     writes: Arc<Grouped<Call, Value>>,
 }
-
-/// The fields of one session as `HMGET` returns them.
-type Fields = Vec<Option<Vec<u8>>>;
 
 /// Requests of one kind waiting at the same moment, sent as one pipeline
 /// whose commands are each answered on their own: the loads of one store
@@ -139,10 +140,18 @@ impl RedisStore {
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(200));
+        let reader = Reader::for_node(
+            client.get_connection_info(),
+            CONNECT_TIMEOUT,
+            RESPONSE_TIMEOUT,
+        );
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(fail)?;
-        Ok(Self::new(manager))
+        Ok(Self {
+            reader: reader.map(Arc::new),
+            ..Self::new(manager)
+        })
     }
 
     /// Connects to a Redis Cluster through some of its nodes (one reachable
@@ -187,6 +196,7 @@ impl RedisStore {
             conn: Conn::Single(manager),
             prefix: DEFAULT_PREFIX.into(),
             loads: Arc::default(),
+            reader: None,
             writes: Arc::default(),
         }
     }
@@ -198,6 +208,7 @@ impl RedisStore {
             conn: Conn::Cluster(connection),
             prefix: DEFAULT_PREFIX.into(),
             loads: Arc::default(),
+            reader: None,
             writes: Arc::default(),
         }
     }
@@ -360,6 +371,10 @@ impl RedisStore {
     /// holds something other than a hash fails only its own load); a
     /// failure of the round trip fails the whole batch.
     async fn load_batch(&self, keys: Vec<StorageKey>) -> RedisResult<Vec<RedisResult<Fields>>> {
+        if let Some(reader) = &self.reader {
+            self.loads.sent();
+            return reader.load(&self.prefix, &keys).await;
+        }
         if let [key] = keys.as_slice() {
             return Ok(vec![self.load_one(key).await]);
         }
@@ -1422,8 +1437,14 @@ mod tests {
     /// A round trip that fails (here: the server paused past the response
     /// timeout) fails every load and every save of its pipeline. Runs a `redis-server` of
     /// its own, so that pausing it disturbs nothing else.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_round_trip_fails_every_call_in_it() {
+    /// A `redis-server` of the test's own on a free port, started with
+    /// `args`, and the store on it at `path` of its URL (`/3`, say); `None`
+    /// (skipped) when `redis-server` is not installed outside CI.
+    async fn own_server(
+        args: &[&str],
+        credentials: &str,
+        path: &str,
+    ) -> Option<(std::process::Child, String, RedisStore)> {
         let binary = std::env::var("KEEPSAKE_TEST_REDIS_SERVER")
             .unwrap_or_else(|_| "redis-server".to_owned());
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1434,10 +1455,11 @@ mod tests {
         let spawned = std::process::Command::new(&binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn();
-        let mut child = match spawned {
+        let child = match spawned {
             Ok(child) => child,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 assert!(
@@ -1445,18 +1467,85 @@ mod tests {
                     "`{binary}` is not installed"
                 );
                 eprintln!("skipped: `{binary}` is not installed");
-                return;
+                return None;
             }
             Err(e) => panic!("could not start `{binary}`: {e}"),
         };
-        let url = format!("redis://127.0.0.1:{port}");
+        let url = format!("redis://{credentials}127.0.0.1:{port}{path}");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let store = loop {
+        loop {
             if let Ok(store) = RedisStore::connect(&url).await {
-                break store;
+                return Some((child, url, store));
             }
             assert!(std::time::Instant::now() < deadline, "no redis-server");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The loads' own connection logs in and selects the database of the
+    /// URL, opens a new connection after the server dropped it, and never
+    /// reads a reply meant for a load that was given up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_loads_connection_logs_in_reconnects_and_stays_in_step() {
+        let Some((mut child, url, store)) =
+            own_server(&["--requirepass", "s3cret"], ":s3cret@", "/3").await
+        else {
+            return;
+        };
+        assert!(
+            store.reader.is_some(),
+            "a plain TCP URL reads on its own connection"
+        );
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let a = keepsake_core::test_kit::record(r#"{"n":"a"}"#);
+        let b = keepsake_core::test_kit::record(r#"{"n":"b"}"#);
+        for record in [&a, &b] {
+            assert_eq!(store.create(record).await.unwrap(), Cas::Applied);
+        }
+        // Found: the load went to database 3, where the scripts wrote.
+        assert_eq!(
+            store.load(&a.key).await.unwrap().unwrap().payload,
+            a.payload
+        );
+
+        // Every client but the admin is dropped; the next load opens a new
+        // connection and succeeds.
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load(&b.key).await.unwrap().unwrap().payload,
+            b.payload
+        );
+
+        // A load given up while its reply is on the way leaves nothing
+        // behind for the next one to read.
+        let _: () = redis::cmd("CLIENT")
+            .arg(&["PAUSE", "400", "ALL"])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), store.load(&a.key)).await;
+        assert!(gave_up.is_err(), "the load waited out the pause");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            store.load(&b.key).await.unwrap().unwrap().payload,
+            b.payload
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_round_trip_fails_every_call_in_it() {
+        let Some((mut child, url, store)) = own_server(&[], "", "").await else {
+            return;
         };
         let keys: Vec<StorageKey> = (0..40)
             .map(|_| SessionId::generate().storage_key())
