@@ -81,7 +81,7 @@ where
                         Begun::Done(response) => return Poll::Ready(Ok(response)),
                         Begun::Write(write) => write,
                     };
-                    let commit = Box::pin(async move { write.run(&layer).await });
+                    let commit = Box::pin(write.run(layer));
                     self.as_mut()
                         .project()
                         .state

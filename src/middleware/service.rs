@@ -174,7 +174,7 @@ pub(crate) struct Write {
 
 impl Write {
     /// Makes the write; the response carries its outcome.
-    pub(crate) async fn run(self, layer: &SessionLayer) -> Response {
+    pub(crate) async fn run(self, layer: Arc<SessionLayer>) -> Response {
         let Self {
             session,
             source,
@@ -183,7 +183,7 @@ impl Write {
             response,
         } = self;
         let outcome = commit::write(&session, &*layer.store, &*layer.commits, &ctx, plan).await;
-        respond(layer, source, ctx.now, outcome, response)
+        respond(&layer, source, ctx.now, outcome, response)
     }
 }
 
