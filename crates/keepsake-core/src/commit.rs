@@ -381,13 +381,13 @@ pub enum Decided {
     /// Nothing to send to the store (or a client-side store, whose record
     /// is sealed at once): the request's outcome.
     Done(Outcome),
-    /// The store write to make with [`write`].
+    /// The store write to make with [`write()`].
     Write(Plan),
 }
 
 /// The first half of [`commit`], with no await: decides the request's
 /// write, and ends the request here when there is nothing to send to the
-/// store. A caller can so skip building the future of [`write`] for the
+/// store. A caller can so skip building the future of [`write()`] for the
 /// common request that only read its session.
 ///
 /// # Errors
