@@ -141,7 +141,11 @@ impl Reader {
             let exchange = wire.exchange(out, keys.len(), hmget_reply);
             match tokio::time::timeout(self.response_timeout, exchange).await {
                 Ok(Ok(replies)) => {
-                    *parked = Some(wire);
+                    // Bytes past the last reply were never asked for: a
+                    // connection that holds any is not trusted again.
+                    if wire.start == wire.input.len() {
+                        *parked = Some(wire);
+                    }
                     return Ok(replies);
                 }
                 // The server closed the connection while it sat idle.
@@ -171,6 +175,12 @@ impl Reader {
                 .map_err(|_| timed_out())??;
             for reply in replies {
                 reply?;
+            }
+            if wire.start != wire.input.len() {
+                return Err(RedisError::from((
+                    ErrorKind::Parse,
+                    "unexpected reply from Redis",
+                )));
             }
         }
         Ok(wire)
@@ -347,6 +357,49 @@ fn ok_reply(buf: &[u8]) -> Parsed<RedisResult<()>> {
 mod tests {
     use super::*;
     use crate::store::FIELDS;
+
+    /// A server that answers each connection's first `HMGET` with one
+    /// empty array and then a byte nobody asked for, and counts the
+    /// connections it accepted.
+    async fn chatty_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut request = vec![0; 4096];
+                    while socket.read(&mut request).await.is_ok_and(|n| n > 0) {
+                        if socket.write_all(b"*0\r\n:").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_unasked_bytes_is_not_used_again() {
+        let (port, accepted) = chatty_server().await;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let reader = Reader::for_node(
+            client.get_connection_info(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let key = StorageKey::from_bytes([1; 32]);
+        for _ in 0..2 {
+            let replies = reader.load("p:", std::slice::from_ref(&key)).await.unwrap();
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0].as_ref().unwrap(), &Vec::<Option<Vec<u8>>>::new());
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn the_password_stays_out_of_debug_output() {

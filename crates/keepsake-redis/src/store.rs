@@ -1434,9 +1434,6 @@ mod tests {
         assert!(!Arc::ptr_eq(&other.loads, &clone.loads));
     }
 
-    /// A round trip that fails (here: the server paused past the response
-    /// timeout) fails every load and every save of its pipeline. Runs a `redis-server` of
-    /// its own, so that pausing it disturbs nothing else.
     /// A `redis-server` of the test's own on a free port, started with
     /// `args`, and the store on it at `path` of its URL (`/3`, say); `None`
     /// (skipped) when `redis-server` is not installed outside CI.
@@ -1542,6 +1539,9 @@ mod tests {
         let _ = child.wait();
     }
 
+    /// A round trip that fails (here: the server paused past the response
+    /// timeout) fails every load and every save of its pipeline. Runs a
+    /// `redis-server` of its own, so that pausing it disturbs nothing else.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_round_trip_fails_every_call_in_it() {
         let Some((mut child, url, store)) = own_server(&[], "", "").await else {
